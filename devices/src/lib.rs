@@ -1,0 +1,4 @@
+//! Everything a guest can touch: the PIO/MMIO bus, legacy devices, PCI with MSI-X, and the
+//! virtual DSA.
+
+pub mod bus;
