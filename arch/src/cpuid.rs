@@ -147,6 +147,9 @@ mod tests {
 
     #[test]
     fn widths() {
-        assert_eq!((width(1), width(2), width(3), width(4), width(5)), (0, 1, 2, 2, 3));
+        assert_eq!(
+            (width(1), width(2), width(3), width(4), width(5)),
+            (0, 1, 2, 2, 3)
+        );
     }
 }

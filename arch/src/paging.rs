@@ -38,7 +38,9 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let cr3 = write_identity_tables(&mem).unwrap();
         let va: u64 = 0xfee0_0000;
-        let pml4e: u64 = mem.read_obj(GuestAddress(cr3 + ((va >> 39) & 511) * 8)).unwrap();
+        let pml4e: u64 = mem
+            .read_obj(GuestAddress(cr3 + ((va >> 39) & 511) * 8))
+            .unwrap();
         let pdpte: u64 = mem
             .read_obj(GuestAddress((pml4e & !0xfff) + ((va >> 30) & 511) * 8))
             .unwrap();

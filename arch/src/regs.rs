@@ -70,8 +70,8 @@ pub fn setup_long_mode_sregs(sregs: &mut kvm_sregs, cr3: u64) {
     sregs.tr = tss;
     sregs.cr3 = cr3;
     sregs.cr4 |= X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
-    sregs.cr0 = (sregs.cr0 | X86_CR0_PE | X86_CR0_PG | X86_CR0_ET | X86_CR0_NE | X86_CR0_MP)
-        & !(1 << 2); // clear EM so SSE works
+    sregs.cr0 =
+        (sregs.cr0 | X86_CR0_PE | X86_CR0_PG | X86_CR0_ET | X86_CR0_NE | X86_CR0_MP) & !(1 << 2); // clear EM so SSE works
     sregs.efer |= EFER_LME | EFER_LMA;
 }
 

@@ -1,0 +1,81 @@
+//! Command-line interface (clap): `dsavmm` (built-in self-test), `dsavmm run ...`,
+//! `dsavmm selftest-image`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::SerialMode;
+
+/// dsavmm: a KVM virtual machine monitor with a virtual Intel DSA.
+#[derive(Parser, Debug)]
+#[command(name = "dsavmm", version, about)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+
+    /// What to do; with none, boot the built-in self-test guest.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a guest kernel.
+    Run(RunArgs),
+    /// Boot the built-in self-test guest (the default).
+    Selftest(MachineArgs),
+    /// Write the built-in self-test guest ELF to a file (to boot it with `run` or another VMM).
+    SelftestImage {
+        /// Output path.
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+/// Machine shape shared by `run` and `selftest`.
+#[derive(Args, Debug, Clone)]
+pub struct MachineArgs {
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u64,
+    /// Guest console: stdout, none, or a file path.
+    #[arg(long, default_value = "stdout")]
+    pub serial: SerialMode,
+    /// MOVDIR64B in the guest CPUID: auto (when the host CPU executes it), on, or off.
+    #[arg(long, value_enum, default_value_t = Movdir64b::Auto)]
+    pub movdir64b: Movdir64b,
+}
+
+/// Policy for advertising MOVDIR64B to the guest.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Movdir64b {
+    /// Advertise it when the host CPU executes it (probed at start).
+    Auto,
+    /// Always advertise it (portal stores are emulated by dsavmm; stores to RAM need the CPU).
+    On,
+    /// Never advertise it.
+    Off,
+}
+
+/// `dsavmm run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel: an ELF vmlinux (64-bit entry) or a bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs to load.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
+    pub cmdline: String,
+    /// Machine shape.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}

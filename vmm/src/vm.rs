@@ -1,0 +1,377 @@
+//! VM lifecycle: KVM VM and irqchip, guest memory, devices on the buses, boot payload, vCPU
+//! threads, and pause / resume / stop.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arch::layout;
+use devices::bus::Bus;
+use devices::legacy::{
+    i8042::I8042, serial::SerialConsole, sleep::AcpiSleep, status_port::StatusPort, ExitReason,
+    ExitSignal,
+};
+use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::boot;
+use crate::config::{
+    check_cmdline, check_memory, check_vcpus, host_memory_mib, SerialMode, VmSpec,
+};
+use crate::vcpu::{PauseGate, Vcpu, VcpuStats};
+
+/// TSS address KVM needs on Intel (three pages below the identity map page).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// EPT identity map page.
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// GSI of COM1.
+const COM1_GSI: u32 = 4;
+/// KVM_CAP_EXIT_ON_EMULATION_FAILURE: emulation failures exit with the instruction bytes
+/// instead of queuing #UD (REFERENCE.md section 0, trap 2).
+const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u32 = 204;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM available and accessible?)")]
+    KvmOpen(kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {0} failed: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    /// A required KVM capability is missing.
+    #[error("KVM lacks {0}")]
+    MissingCap(&'static str),
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Memory(u64, String),
+    /// Loading the kernel, initramfs or boot structures failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A device could not be set up.
+    #[error("cannot set up {0}: {1}")]
+    Device(&'static str, String),
+    /// The console file could not be opened.
+    #[error("cannot open serial output {0}: {1}")]
+    SerialFile(std::path::PathBuf, std::io::Error),
+    /// A thread could not be started.
+    #[error("cannot start {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// A built VM, running or ready to run.
+pub struct Vm {
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// End-of-VM signal.
+    pub exit: Arc<ExitSignal>,
+    /// Pause control.
+    pub pause: Arc<PauseGate>,
+    /// Per-vCPU exit counters.
+    pub vcpu_stats: Vec<Arc<VcpuStats>>,
+    /// The console.
+    pub serial: Arc<Mutex<SerialConsole>>,
+    /// Whether MOVDIR64B was forced on in the guest CPUID.
+    pub movdir64b_forced: bool,
+    vm_fd: Arc<VmFd>,
+    vcpus: Vec<Vcpu>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |e| VmError::Kvm(what, e)
+}
+
+fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, VmError> {
+    Ok(match mode {
+        SerialMode::Stdout => Box::new(std::io::stdout()),
+        SerialMode::None => Box::new(std::io::sink()),
+        SerialMode::File(p) => {
+            Box::new(File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
+        }
+    })
+}
+
+impl Vm {
+    /// Builds a VM from `spec`: everything short of starting the vCPUs.
+    pub fn build(spec: &VmSpec, force_movdir64b: bool) -> Result<Self, VmError> {
+        check_memory(spec.memory_mib, host_memory_mib())?;
+        check_cmdline(&spec.cmdline)?;
+        let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+        let vcpus = check_vcpus(u64::from(spec.vcpus), kvm.get_max_vcpus())?;
+        for (cap, name) in [
+            (Cap::Irqchip, "an in-kernel irqchip"),
+            (Cap::Irqfd, "irqfd"),
+            (Cap::UserMemory, "user memory"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("SET_TSS_ADDR"))?;
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(kvm_err("CREATE_PIT2"))?;
+        if vm_fd.check_extension_raw(u64::from(KVM_CAP_EXIT_ON_EMULATION_FAILURE)) > 0 {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+                args: [1, 0, 0, 0],
+                ..Default::default()
+            };
+            vm_fd
+                .enable_cap(&cap)
+                .map_err(kvm_err("ENABLE_CAP(EXIT_ON_EMULATION_FAILURE)"))?;
+        } else {
+            tracing::warn!("KVM lacks KVM_CAP_EXIT_ON_EMULATION_FAILURE: MOVDIR64B to DSA portals will fault in the guest");
+        }
+
+        let mem_size = spec.memory_mib << 20;
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&arch::boot_params::guest_ram_regions(mem_size))
+                .map_err(|e| VmError::Memory(spec.memory_mib, e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_bindings::kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM's use
+            // of it (the Vm holds both and drops the vCPUs/VM first).
+            unsafe { vm_fd.set_user_memory_region(r) }
+                .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
+        }
+
+        // The boot payload.
+        let kernel = boot::load_kernel(&mem, &spec.kernel)?;
+        let cmdline_len = boot::load_cmdline(&mem, &spec.cmdline)?;
+        let initrd = spec
+            .initramfs
+            .as_deref()
+            .map(|p| boot::load_initrd(&mem, p, &kernel, mem_size))
+            .transpose()?;
+        let rsdp = arch::acpi::write_acpi_tables(&mem, &arch::acpi::AcpiConfig { vcpus })
+            .map_err(boot::BootError::from)?;
+        boot::write_zero_page(&mem, &kernel, cmdline_len, initrd, mem_size, rsdp)?;
+        let cr3 = arch::regs::write_boot_structures(&mem).map_err(boot::BootError::from)?;
+
+        // Devices.
+        let exit =
+            Arc::new(ExitSignal::new().map_err(|e| VmError::Device("exit event", e.to_string()))?);
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let serial_irq =
+            EventFd::new(0).map_err(|e| VmError::Device("serial irq", e.to_string()))?;
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_GSI)
+            .map_err(kvm_err("IRQFD(serial)"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            serial_irq,
+            serial_output(&spec.serial)?,
+        )));
+        let dev_err = |what| move |e: devices::bus::BusError| VmError::Device(what, e.to_string());
+        pio.insert(serial.clone(), u64::from(layout::COM1_PORT), 8)
+            .map_err(dev_err("serial"))?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            u64::from(layout::I8042_PORT),
+            5,
+        )
+        .map_err(dev_err("i8042"))?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiSleep::new(
+                exit.clone(),
+                arch::acpi::S5_SLEEP_TYPE,
+            ))),
+            u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+            1,
+        )
+        .map_err(dev_err("ACPI sleep register"))?;
+        pio.insert(
+            Arc::new(Mutex::new(StatusPort::new(exit.clone()))),
+            u64::from(devices::legacy::status_port::STATUS_PORT),
+            1,
+        )
+        .map_err(dev_err("status port"))?;
+
+        // vCPUs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
+        let pause = Arc::new(PauseGate::default());
+        let mut vcpu_list = Vec::new();
+        let mut vcpu_stats = Vec::new();
+        for id in 0..vcpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            arch::cpuid::apply_policy(
+                &mut cpuid,
+                &arch::cpuid::CpuidParams {
+                    apic_id: id,
+                    vcpus,
+                    force_movdir64b,
+                },
+            );
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
+            set_lint(&fd)?;
+            if id == 0 {
+                init_boot_vcpu(&fd, kernel.entry, cr3)?;
+            }
+            let stats = Arc::new(VcpuStats::default());
+            vcpu_stats.push(stats.clone());
+            vcpu_list.push(Vcpu {
+                id,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+                exit: exit.clone(),
+                pause: pause.clone(),
+                stats,
+            });
+        }
+        Ok(Self {
+            mem,
+            pio,
+            mmio,
+            exit,
+            pause,
+            vcpu_stats,
+            serial,
+            movdir64b_forced: force_movdir64b,
+            vm_fd,
+            vcpus: vcpu_list,
+            threads: Vec::new(),
+        })
+    }
+
+    /// The KVM VM (for devices that route interrupts).
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        register_signal_handler(SIGRTMIN(), kick_handler)
+            .map_err(|e| VmError::Thread("signal", std::io::Error::from_raw_os_error(e.errno())))?;
+        for vcpu in self.vcpus.drain(..) {
+            let name = format!("vcpu{}", vcpu.id);
+            let t = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run())
+                .map_err(|e| VmError::Thread("vCPU", e))?;
+            self.threads.push(t);
+        }
+        Ok(())
+    }
+
+    /// Interrupts every vCPU that is inside KVM_RUN.
+    fn kick_all(&self) {
+        for t in &self.threads {
+            if !t.is_finished() {
+                let _ = t.kill(SIGRTMIN());
+            }
+        }
+    }
+
+    /// Pauses all vCPUs; returns once every vCPU is parked (or the VM ended).
+    pub fn pause(&self) {
+        self.pause.set(true);
+        let n = self.threads.len();
+        while !self.pause.wait_parked(n, &self.exit) && !self.exit.is_set() {
+            self.kick_all();
+        }
+    }
+
+    /// Resumes paused vCPUs.
+    pub fn resume(&self) {
+        self.pause.set(false);
+    }
+
+    /// Stops the vCPUs (after `exit` was requested) and joins them.
+    pub fn stop(&mut self) -> ExitReason {
+        self.exit.request(ExitReason::Requested);
+        self.pause.set(false);
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            self.kick_all();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        let _ = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
+        self.exit.reason().unwrap_or(ExitReason::Requested)
+    }
+
+    /// Guest RAM size in bytes.
+    pub fn memory_size(&self) -> u64 {
+        self.mem.iter().map(|r| r.len()).sum()
+    }
+
+    /// Whether `addr` is guest RAM.
+    pub fn is_ram(&self, addr: u64) -> bool {
+        self.mem.find_region(GuestAddress(addr)).is_some()
+    }
+}
+
+/// LINT0 as ExtINT and LINT1 as NMI, as a PC's firmware leaves them.
+fn set_lint(fd: &VcpuFd) -> Result<(), VmError> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    const APIC_MODE_EXTINT: u32 = 0x7;
+    const APIC_MODE_NMI: u32 = 0x4;
+    let mut lapic = fd.get_lapic().map_err(kvm_err("GET_LAPIC"))?;
+    for (off, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+        let mut b = [0u8; 4];
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = lapic.regs[off + i] as u8;
+        }
+        let val = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+        for (i, v) in val.to_le_bytes().iter().enumerate() {
+            lapic.regs[off + i] = *v as _;
+        }
+    }
+    fd.set_lapic(&lapic).map_err(kvm_err("SET_LAPIC"))
+}
+
+fn init_boot_vcpu(fd: &VcpuFd, entry: u64, cr3: u64) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs().map_err(kvm_err("GET_SREGS"))?;
+    arch::regs::setup_long_mode_sregs(&mut sregs, cr3);
+    fd.set_sregs(&sregs).map_err(kvm_err("SET_SREGS"))?;
+    fd.set_regs(&arch::regs::boot_regs(entry))
+        .map_err(kvm_err("SET_REGS"))?;
+    fd.set_fpu(&arch::regs::boot_fpu())
+        .map_err(kvm_err("SET_FPU"))
+}
