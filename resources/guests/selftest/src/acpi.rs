@@ -361,7 +361,11 @@ fn scan_rsdp() -> Option<u64> {
     phys::for_each_chunk(base, 0x20000, |c| {
         let mut off = 0;
         while off + 8 <= c.len() {
-            if found.is_none() && c.get(off..off + 8) == Some(b"RSD PTR ".as_slice()) {
+            let word = c
+                .get(off..off + 8)
+                .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                .map(u64::from_le_bytes);
+            if found.is_none() && word == Some(SIG_RSDP) {
                 found = Some(base + off as u64);
             }
             off += 16;

@@ -12,6 +12,7 @@ const ICR_HI: u64 = 0x310;
 const LVT_TIMER: u64 = 0x320;
 const LVT_LINT0: u64 = 0x350;
 const TIMER_INIT: u64 = 0x380;
+const TIMER_CUR: u64 = 0x390;
 const TIMER_DIV: u64 = 0x3e0;
 
 const ICR_PENDING: u32 = 1 << 12;
@@ -78,6 +79,19 @@ pub fn timer_periodic(vector: u8, count: u32) {
     write(TIMER_DIV, 0x3);
     write(LVT_TIMER, LVT_PERIODIC | u32::from(vector));
     write(TIMER_INIT, count);
+}
+
+/// Starts a masked one-shot countdown from `u32::MAX` at the bus clock
+/// (divide by 1), for calibration with [`timer_current`].
+pub fn timer_free_run() {
+    write(TIMER_DIV, 0xb);
+    write(LVT_TIMER, LVT_MASKED);
+    write(TIMER_INIT, u32::MAX);
+}
+
+/// The timer's current count.
+pub fn timer_current() -> u32 {
+    read(TIMER_CUR)
 }
 
 /// Stops and masks the timer.

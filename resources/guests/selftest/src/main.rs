@@ -60,6 +60,13 @@ extern "C" fn rust_main(kind: u32, arg: u64) -> ! {
     let mut boot = BootInfo::read(kind, arg);
     idt::init();
     time::init();
+    tests::info(|l| {
+        l.s("tsc_mhz=")
+            .dec(time::tsc_hz() / 1_000_000)
+            .s(" (")
+            .s(time::source())
+            .s(")");
+    });
     let kernel = (
         core::ptr::addr_of!(entry::__kernel_start) as u64,
         core::ptr::addr_of!(entry::__kernel_end) as u64,

@@ -1,5 +1,7 @@
-//! Coarse timeouts from the TSC (frequency from CPUID, else assumed 3 GHz;
-//! only used to bound waits).
+//! Coarse timeouts and durations from the TSC. Its frequency comes from
+//! CPUID (leaf 0x15 or the hypervisor leaf 0x40000010) or else is measured
+//! against the LAPIC timer, assuming KVM's and QEMU's 1 GHz APIC bus clock;
+//! 3 GHz is assumed when neither works.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -7,10 +9,47 @@ use crate::cpu::rdtsc;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(3_000_000_000);
 
-/// Reads the TSC frequency from CPUID when it is reported.
+/// Where the TSC frequency came from.
+static SOURCE: AtomicU64 = AtomicU64::new(0);
+
+/// Finds the TSC frequency (see the module documentation).
 pub fn init() {
     if let Some(hz) = crate::cpuid::tsc_hz() {
         TSC_HZ.store(hz, Ordering::Relaxed);
+        SOURCE.store(1, Ordering::Relaxed);
+        return;
+    }
+    let (base, enabled, x2apic) = crate::apic::base_msr();
+    if base != crate::apic::LAPIC_BASE || !enabled || x2apic {
+        return;
+    }
+    crate::apic::timer_free_run();
+    let t0 = rdtsc();
+    let c0 = crate::apic::timer_current();
+    // ~1 ms at 2-3 GHz.
+    while rdtsc().wrapping_sub(t0) < 2_500_000 {
+        core::hint::spin_loop();
+    }
+    let c1 = crate::apic::timer_current();
+    let t1 = rdtsc();
+    crate::apic::timer_stop();
+    let ticks = u64::from(c0.wrapping_sub(c1));
+    if ticks == 0 {
+        return;
+    }
+    let hz = (t1 - t0).saturating_mul(1_000_000_000) / ticks;
+    if (100_000_000..=10_000_000_000).contains(&hz) {
+        TSC_HZ.store(hz, Ordering::Relaxed);
+        SOURCE.store(2, Ordering::Relaxed);
+    }
+}
+
+/// "cpuid", "lapic" (measured) or "assumed".
+pub fn source() -> &'static str {
+    match SOURCE.load(Ordering::Relaxed) {
+        1 => "cpuid",
+        2 => "lapic",
+        _ => "assumed",
     }
 }
 
