@@ -39,6 +39,7 @@ use bootinfo::{BootInfo, BootKind};
 /// entry kind and the boot structure's address.
 #[no_mangle]
 extern "C" fn rust_main(kind: u32, arg: u64) -> ! {
+    let start = cpu::rdtsc();
     serial::init();
     let kind = if kind == entry::BOOT_PVH {
         BootKind::Pvh
@@ -71,7 +72,7 @@ extern "C" fn rust_main(kind: u32, arg: u64) -> ! {
         core::ptr::addr_of!(entry::__kernel_start) as u64,
         core::ptr::addr_of!(entry::__kernel_end) as u64,
     );
-    let runner = tests::run_all(&mut boot, kernel);
+    let runner = tests::run_all(&mut boot, kernel, start);
     runner.summary();
     poweroff::exit(runner.failed)
 }

@@ -35,6 +35,8 @@ pub struct Runner {
     last: u64,
     /// `name=<us>` of each case so far.
     times: Line,
+    /// TSC when the guest's Rust code started.
+    start: u64,
     /// Cases passed.
     pub passed: u64,
     /// Cases failed.
@@ -44,9 +46,11 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner whose first case starts now.
-    pub fn new() -> Self {
+    /// A runner whose first case starts now; `start` is the TSC at the
+    /// guest's first Rust instruction.
+    pub fn new(start: u64) -> Self {
         Runner {
+            start,
             last: cpu::rdtsc(),
             times: Line::new(),
             passed: 0,
@@ -87,6 +91,7 @@ impl Runner {
     pub fn summary(&self) {
         info(|l| {
             l.s("case_us").raw(self.times.as_bytes());
+            l.s(" total=").dec(us_between(self.start, cpu::rdtsc()));
         });
         let mut l = Line::new();
         l.s("selftest: ")
@@ -135,8 +140,8 @@ fn num_key(boot: &BootInfo, key: &str) -> Result<Option<u64>, Line> {
 }
 
 /// Runs every case and returns the runner with the counts.
-pub fn run_all(boot: &mut BootInfo, kernel: (u64, u64)) -> Runner {
-    let mut r = Runner::new();
+pub fn run_all(boot: &mut BootInfo, kernel: (u64, u64), start: u64) -> Runner {
+    let mut r = Runner::new(start);
     // The PVH memory map comes from other VMMs' firmware (QEMU's qboot lists
     // it unsorted, with an empty entry): sort it as Linux would. The Linux
     // boot path (dsavmm's zero page) must be sorted as given.
@@ -377,7 +382,13 @@ fn case_movdir64b() -> Outcome {
         Some(true) => Outcome::Ok,
         Some(false) => {
             let mut l = Line::new();
-            l.s("CPUID.7.0:ECX[28] (MOVDIR64B) not visible: this KVM strips it");
+            l.s("CPUID.7.0:ECX[28] (MOVDIR64B) not visible: ");
+            let kvm = cpuid::hypervisor().is_some_and(|h| h.starts_with(b"KVMKVMKVM"));
+            l.s(if kvm {
+                "this KVM strips it"
+            } else {
+                "this CPU model lacks it"
+            });
             if cpuid::movdiri() {
                 l.s(" (MOVDIRI is visible)");
             }
