@@ -267,7 +267,7 @@ def main():
                             sys.stderr.write("kvm-linux64: power off/reset via port %#x\n" % port)
                             os._exit(126)
                     else:
-                        run[o:o + size] = {0x3FD: b"\x60", 0x3FA: b"\x01"}.get(port, b"\xff" * size)[:size].ljust(size, b"\xff")
+                        run[o:o + size] = {0x3FD: b"\x60", 0x3FA: b"\xc1"}.get(port, b"\xff" * size)[:size].ljust(size, b"\xff")
             elif reason == EXIT_MMIO:
                 phys, = struct.unpack_from("<Q", run, 32)
                 is_write = run[52]
