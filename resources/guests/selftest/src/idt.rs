@@ -20,6 +20,9 @@ struct Table(UnsafeCell<[u64; 512]>);
 // and before any AP runs; read by the CPU afterwards.
 unsafe impl Sync for Table {}
 
+// In .data, not .bss: the entry code clears .bss with `rep stosq`, which this
+// KVM's emulator executes one memory write at a time.
+#[link_section = ".data.idt"]
 static IDT: Table = Table(UnsafeCell::new([0; 512]));
 
 fn set_gate(vector: u8, handler: u64) {
