@@ -1,0 +1,89 @@
+//! dsavmm self-test guest: a freestanding 64-bit program that checks the boot
+//! contract of the VMM it runs under (memory map, command line, initrd, ACPI
+//! tables, CPUID, SMP bring-up, RAM, LAPIC timer interrupts) and reports on
+//! the serial console, one line per case:
+//! `selftest: <case>: ok|FAIL <reason>|skipped <reason>`, then
+//! `selftest: N passed, M failed, K skipped`, then exits with M on port 0xf4
+//! (or ACPI S5 power-off).
+//!
+//! Boots through the Linux 64-bit boot protocol (ELF entry) or PVH (Xen ELF
+//! note). See README.md in this directory.
+
+#![no_std]
+#![no_main]
+// Failure reasons are fixed-size `Line`s returned by value: there is no heap.
+#![allow(clippy::result_large_err)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod acpi;
+mod apic;
+mod bootinfo;
+mod cpu;
+mod cpuid;
+mod e820;
+mod entry;
+mod fmt;
+mod idt;
+mod mem;
+mod phys;
+mod poweroff;
+mod serial;
+mod smp;
+mod tests;
+mod time;
+
+use bootinfo::{BootInfo, BootKind};
+
+/// Rust entry of the bootstrap processor, called from `entry.rs` with the
+/// entry kind and the boot structure's address.
+#[no_mangle]
+extern "C" fn rust_main(kind: u32, arg: u64) -> ! {
+    let start = cpu::rdtsc();
+    serial::init();
+    let kind = if kind == entry::BOOT_PVH {
+        BootKind::Pvh
+    } else {
+        BootKind::Linux64
+    };
+    let mut l = fmt::Line::new();
+    l.s("selftest: info boot=").s(if kind == BootKind::Pvh {
+        "pvh"
+    } else {
+        "linux64"
+    });
+    l.s(" at=").hex(arg);
+    if let Some(h) = cpuid::hypervisor() {
+        l.s(" hypervisor=\"").printable(&h).s("\"");
+    }
+    serial::line(&l);
+    // Copy everything needed out of the boot structures before low memory is reused.
+    let mut boot = BootInfo::read(kind, arg);
+    idt::init();
+    time::init();
+    tests::info(|l| {
+        l.s("tsc_mhz=")
+            .dec(time::tsc_hz() / 1_000_000)
+            .s(" (")
+            .s(time::source())
+            .s(")");
+    });
+    let kernel = (
+        core::ptr::addr_of!(entry::__kernel_start) as u64,
+        core::ptr::addr_of!(entry::__kernel_end) as u64,
+    );
+    let runner = tests::run_all(&mut boot, kernel, start);
+    runner.summary();
+    poweroff::exit(runner.failed)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut l = fmt::Line::new();
+    l.s("selftest: panic: FAIL");
+    if let Some(loc) = info.location() {
+        l.s(" at ").s(loc.file()).s(":").dec(u64::from(loc.line()));
+    }
+    serial::line(&l);
+    poweroff::abort()
+}

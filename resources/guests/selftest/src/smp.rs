@@ -1,0 +1,137 @@
+//! Application processor bring-up through the xAPIC: the real-mode trampoline
+//! (`entry.rs`) is copied to [`AP_TRAMPOLINE`], each AP listed in the MADT gets
+//! INIT, SIPI, SIPI, and checks in from Rust (`ap_main`) in long mode.
+//! APs then halt with interrupts off.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::apic;
+use crate::cpu::{halt_forever, pause};
+use crate::entry::{ap_tramp_end, ap_tramp_start, AP_TRAMPOLINE, MAX_CPUS};
+use crate::fmt::Line;
+use crate::time::Deadline;
+
+static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
+/// APIC ID + 1 of each AP that checked in, by trampoline index (0 = none).
+static AP_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
+/// Rust entry of an AP: `index` is 1.. in arrival order.
+#[no_mangle]
+extern "C" fn ap_main(index: u32) -> ! {
+    crate::idt::load();
+    let id = apic::id();
+    if let Some(slot) = AP_IDS.get(index as usize) {
+        slot.store(id.wrapping_add(1), Ordering::Release);
+    }
+    CHECKED_IN.fetch_add(1, Ordering::AcqRel);
+    halt_forever()
+}
+
+/// Result of bringing up the APs.
+pub struct SmpResult {
+    /// CPUs running (BSP included).
+    pub online: usize,
+    /// First problem, if any.
+    pub error: Option<Line>,
+}
+
+/// Copies the trampoline and starts every CPU in `apic_ids` except `bsp_id`;
+/// waits up to `timeout_ms` for all of them to check in.
+pub fn start_aps(apic_ids: &[u32], bsp_id: u32, timeout_ms: u64) -> SmpResult {
+    let mut res = SmpResult {
+        online: 1,
+        error: None,
+    };
+    let (start, end) = (
+        core::ptr::addr_of!(ap_tramp_start) as usize,
+        core::ptr::addr_of!(ap_tramp_end) as usize,
+    );
+    let len = end.saturating_sub(start);
+    if len == 0 || len > 4096 {
+        let mut l = Line::new();
+        l.s("trampoline size ").dec(len as u64).s(" bad");
+        res.error = Some(l);
+        return res;
+    }
+    // SAFETY: the trampoline page 0x6000..0x7000 is free low RAM reserved for
+    // the guest by the boot contract (the boot information was copied before);
+    // the source is this image's text.
+    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, AP_TRAMPOLINE as *mut u8, len) };
+
+    let aps = apic_ids.iter().copied().filter(|&id| id != bsp_id);
+    let want = aps.clone().count();
+    if want == 0 {
+        return res;
+    }
+    if want >= MAX_CPUS {
+        let mut l = Line::new();
+        l.s("MADT lists ")
+            .dec(want as u64 + 1)
+            .s(" CPUs; this guest supports ")
+            .dec(MAX_CPUS as u64);
+        res.error = Some(l);
+        return res;
+    }
+    let vector = (AP_TRAMPOLINE >> 12) as u32;
+    for id in aps.clone() {
+        if !apic::send_ipi(id, apic::IPI_INIT) {
+            let mut l = Line::new();
+            l.s("INIT IPI to APIC ")
+                .dec(u64::from(id))
+                .s(" not delivered");
+            res.error = Some(l);
+            return res;
+        }
+    }
+    for _ in 0..2 {
+        for id in aps.clone() {
+            if !apic::send_ipi(id, apic::IPI_SIPI | vector) {
+                let mut l = Line::new();
+                l.s("SIPI to APIC ").dec(u64::from(id)).s(" not delivered");
+                res.error = Some(l);
+                return res;
+            }
+        }
+    }
+    let deadline = Deadline::after_ms(timeout_ms);
+    while (CHECKED_IN.load(Ordering::Acquire) as usize) < want && !deadline.passed() {
+        pause();
+    }
+    let got = CHECKED_IN.load(Ordering::Acquire) as usize;
+    res.online = 1 + got;
+    // Every AP from the MADT must have checked in, each exactly once.
+    for id in aps {
+        let n = AP_IDS
+            .iter()
+            .filter(|s| s.load(Ordering::Acquire) == id.wrapping_add(1))
+            .count();
+        if n != 1 && res.error.is_none() {
+            let mut l = Line::new();
+            l.s("APIC ")
+                .dec(u64::from(id))
+                .s(" checked in ")
+                .dec(n as u64)
+                .s(" times");
+            res.error = Some(l);
+        }
+    }
+    if got != want && res.error.is_none() {
+        let mut l = Line::new();
+        l.dec(got as u64)
+            .s(" of ")
+            .dec(want as u64)
+            .s(" APs checked in");
+        res.error = Some(l);
+    }
+    res
+}
+
+/// APIC IDs of the APs that checked in (in arrival order), via `f`.
+pub fn for_each_online(mut f: impl FnMut(u32)) {
+    for s in AP_IDS.iter() {
+        let v = s.load(Ordering::Acquire);
+        if v != 0 {
+            f(v - 1);
+        }
+    }
+}
