@@ -9,12 +9,16 @@ fn main() {
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let guest = manifest_dir.join("../resources/guests/selftest");
-    if !guest.join("Cargo.toml").exists() {
-        println!("cargo:warning=self-test guest sources missing: embedding an empty image");
-        std::fs::write(out_dir.join("selftest.elf"), b"").expect("write OUT_DIR");
-        return;
+    for part in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "linker.ld",
+        ".cargo/config.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", guest.join(part).display());
     }
-    println!("cargo:rerun-if-changed={}", guest.display());
     let target_dir = out_dir.join("selftest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)

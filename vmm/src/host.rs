@@ -38,6 +38,13 @@ fn probe_movdir64b_in_child() -> bool {
     }
 }
 
+/// This process's peak resident set (VmHWM) in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether the host CPU has VT-x or SVM (so /dev/kvm is hardware-backed, not PVM).
 pub fn hardware_virtualization() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")

@@ -26,6 +26,7 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
@@ -73,7 +74,12 @@ fn boot_and_wait(spec: &VmSpec, m: &MachineArgs) -> anyhow::Result<i32> {
     vm.start()?;
     events.run();
     let reason = vm.stop();
-    tracing::info!("VM ended: {reason:?}");
+    let resident = vm.guest_resident_bytes() >> 10;
+    let peak = host::peak_rss_kib().unwrap_or(0);
+    tracing::info!(
+        "VM ended: {reason:?}; VMM peak RSS {peak} KiB, guest RAM resident {resident} KiB, overhead {} KiB",
+        peak.saturating_sub(resident)
+    );
     Ok(reason.exit_code())
 }
 

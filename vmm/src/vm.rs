@@ -335,6 +335,24 @@ impl Vm {
         self.exit.reason().unwrap_or(ExitReason::Requested)
     }
 
+    /// Bytes of guest RAM resident in host memory (pages the guest or the VMM touched).
+    pub fn guest_resident_bytes(&self) -> u64 {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mut total = 0u64;
+        for region in self.mem.iter() {
+            let len = region.len() as usize;
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            // SAFETY: the range is exactly one live, page-aligned mapping owned by `mem`, and
+            // `vec` has one byte per page of it.
+            let r = unsafe { libc::mincore(region.as_ptr().cast(), len, vec.as_mut_ptr()) };
+            if r == 0 {
+                total += vec.iter().filter(|v| **v & 1 != 0).count() as u64 * page as u64;
+            }
+        }
+        total
+    }
+
     /// Guest RAM size in bytes.
     pub fn memory_size(&self) -> u64 {
         self.mem.iter().map(|r| r.len()).sum()
