@@ -2,3 +2,5 @@
 //! virtual DSA.
 
 pub mod bus;
+pub mod dsa;
+pub mod pci;

@@ -1,0 +1,1 @@
+//! The virtual Intel DSA (8086:0b25).
