@@ -137,13 +137,19 @@ impl PciConfig {
     }
 
     fn bar_slot_used(&self, i: usize) -> bool {
-        self.bars[i].is_some() || (i > 0 && matches!(self.bars[i - 1], Some(b) if b.kind == BarKind::Mem64))
+        self.bars[i].is_some()
+            || (i > 0 && matches!(self.bars[i - 1], Some(b) if b.kind == BarKind::Mem64))
     }
 
     /// Appends a capability: `id`, then `body` (bytes after the id/next header). `body_wmask`
     /// gives the guest-writable bits of `body` (same length or shorter; missing bytes read-only).
     /// Returns the capability's offset in configuration space.
-    pub fn add_capability(&mut self, id: u8, body: &[u8], body_wmask: &[u8]) -> Result<usize, PciError> {
+    pub fn add_capability(
+        &mut self,
+        id: u8,
+        body: &[u8],
+        body_wmask: &[u8],
+    ) -> Result<usize, PciError> {
         let off = self.next_cap;
         let len = 2 + body.len();
         // Keep capabilities dword aligned.
@@ -247,14 +253,20 @@ impl PciConfig {
         let spec = self.bar(index)?;
         let reg = BAR0_REG / 4 + index;
         let lo = u64::from(self.regs[reg] & !0xf);
-        let hi = if spec.kind == BarKind::Mem64 { u64::from(self.regs[reg + 1]) } else { 0 };
+        let hi = if spec.kind == BarKind::Mem64 {
+            u64::from(self.regs[reg + 1])
+        } else {
+            0
+        };
         Some(lo | (hi << 32))
     }
 
     /// Programs BAR `index` (firmware-style placement); the address must be size-aligned.
     pub fn set_bar_address(&mut self, index: usize, addr: u64) -> Result<(), PciError> {
         let spec = self.bar(index).ok_or(PciError::BadBar(index))?;
-        if addr & (spec.size - 1) != 0 || (spec.kind == BarKind::Mem32 && addr > u64::from(u32::MAX)) {
+        if addr & (spec.size - 1) != 0
+            || (spec.kind == BarKind::Mem32 && addr > u64::from(u32::MAX))
+        {
             return Err(PciError::BadBar(index));
         }
         let reg = BAR0_REG / 4 + index;
@@ -319,7 +331,13 @@ mod tests {
     #[test]
     fn bar_sizing_64() {
         let mut c = cfg();
-        c.add_bar(BarSpec { index: 0, kind: BarKind::Mem64, size: 0x10000, prefetchable: true }).unwrap();
+        c.add_bar(BarSpec {
+            index: 0,
+            kind: BarKind::Mem64,
+            size: 0x10000,
+            prefetchable: true,
+        })
+        .unwrap();
         assert_eq!(c.read_dword(4) & 0xf, 0xc);
         c.write(4, 0, &[0xff; 4]);
         c.write(5, 0, &[0xff; 4]);
@@ -332,30 +350,55 @@ mod tests {
         assert_eq!(c.bar_decode(0), Some((0x1_2345_0000, 0x10000)));
         assert!(c.set_bar_address(0, 0x1000).is_err());
         // BAR 1 is the upper half; declaring it again fails.
-        assert!(c.add_bar(BarSpec { index: 1, kind: BarKind::Mem32, size: 0x1000, prefetchable: false }).is_err());
+        assert!(c
+            .add_bar(BarSpec {
+                index: 1,
+                kind: BarKind::Mem32,
+                size: 0x1000,
+                prefetchable: false
+            })
+            .is_err());
     }
 
     #[test]
     fn bar_sizing_32() {
         let mut c = cfg();
-        c.add_bar(BarSpec { index: 2, kind: BarKind::Mem32, size: 0x4000, prefetchable: false }).unwrap();
+        c.add_bar(BarSpec {
+            index: 2,
+            kind: BarKind::Mem32,
+            size: 0x4000,
+            prefetchable: false,
+        })
+        .unwrap();
         c.write(6, 0, &[0xff; 4]);
         assert_eq!(c.read_dword(6), 0xffff_c000);
         // Unimplemented BARs read 0 and ignore writes.
         c.write(7, 0, &[0xff; 4]);
         assert_eq!(c.read_dword(7), 0);
-        assert!(c.add_bar(BarSpec { index: 3, kind: BarKind::Mem32, size: 0x3000, prefetchable: false }).is_err());
+        assert!(c
+            .add_bar(BarSpec {
+                index: 3,
+                kind: BarKind::Mem32,
+                size: 0x3000,
+                prefetchable: false
+            })
+            .is_err());
     }
 
     #[test]
     fn capability_chain() {
         let mut c = cfg();
-        let a = c.add_capability(0x11, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[0, 0xc0]).unwrap();
+        let a = c
+            .add_capability(0x11, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[0, 0xc0])
+            .unwrap();
         let b = c.add_capability(0x10, &[0; 2], &[]).unwrap();
         assert_eq!(a, 0x40);
         assert_eq!(b, 0x4c);
         assert_eq!(c.read_dword(CAP_PTR_REG / 4) & 0xff, 0x40);
-        assert_eq!(c.read_dword(1) >> 16 & u32::from(STATUS_CAP_LIST), u32::from(STATUS_CAP_LIST));
+        assert_eq!(
+            c.read_dword(1) >> 16 & u32::from(STATUS_CAP_LIST),
+            u32::from(STATUS_CAP_LIST)
+        );
         assert_eq!(c.read_dword(0x40 / 4), 0x0201_4c11);
         c.write(0x40 / 4, 2, &[0xff, 0xff]);
         assert_eq!(c.read_word(0x42), 0xc201);

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -68,7 +68,11 @@ impl GsiRouter {
         Arc::new(Self {
             vm,
             irqchip_defaults,
-            state: Mutex::new(RouterState { msi: BTreeMap::new(), next_gsi: FIRST_MSI_GSI, free: Vec::new() }),
+            state: Mutex::new(RouterState {
+                msi: BTreeMap::new(),
+                next_gsi: FIRST_MSI_GSI,
+                free: Vec::new(),
+            }),
         })
     }
 
@@ -116,14 +120,22 @@ impl GsiRouter {
         if self.irqchip_defaults {
             for gsi in 0..IOAPIC_PINS {
                 if gsi < 16 {
-                    let (chip, pin) = if gsi < 8 { (KVM_IRQCHIP_PIC_MASTER, gsi) } else { (KVM_IRQCHIP_PIC_SLAVE, gsi - 8) };
+                    let (chip, pin) = if gsi < 8 {
+                        (KVM_IRQCHIP_PIC_MASTER, gsi)
+                    } else {
+                        (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
+                    };
                     v.push(irqchip_entry(gsi, chip, pin));
                 }
                 v.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
             }
         }
         for (&gsi, msg) in &st.msi {
-            let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
             e.u.msi.address_lo = msg.address as u32;
             e.u.msi.address_hi = (msg.address >> 32) as u32;
             e.u.msi.data = msg.data;
@@ -136,12 +148,21 @@ impl GsiRouter {
         let entries = self.build(st);
         let mut table = KvmIrqRouting::new(entries.len()).map_err(|_| KvmMsiError::Table)?;
         table.as_mut_slice().copy_from_slice(&entries);
-        self.vm.set_gsi_routing(&table).map_err(|err| KvmMsiError::Kvm { op: "KVM_SET_GSI_ROUTING", err })
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|err| KvmMsiError::Kvm {
+                op: "KVM_SET_GSI_ROUTING",
+                err,
+            })
     }
 }
 
 fn irqchip_entry(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
-    let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
     e.u.irqchip.irqchip = irqchip;
     e.u.irqchip.pin = pin;
     e
@@ -161,7 +182,10 @@ pub struct KvmMsiSink {
 impl KvmMsiSink {
     /// Allocates `num_vectors` GSIs and irqfds on `router`'s VM.
     pub fn new(router: Arc<GsiRouter>, num_vectors: u16) -> Result<Self, KvmMsiError> {
-        let mut sink = Self { router, vectors: Vec::new() };
+        let mut sink = Self {
+            router,
+            vectors: Vec::new(),
+        };
         for _ in 0..num_vectors {
             let gsi = sink.router.allocate_gsi()?;
             let evt = match EventFd::new(EFD_NONBLOCK) {
@@ -173,7 +197,10 @@ impl KvmMsiSink {
             };
             if let Err(err) = sink.router.vm.register_irqfd(&evt, gsi) {
                 let _ = sink.router.release_gsi(gsi);
-                return Err(KvmMsiError::Kvm { op: "KVM_IRQFD", err });
+                return Err(KvmMsiError::Kvm {
+                    op: "KVM_IRQFD",
+                    err,
+                });
             }
             sink.vectors.push(Vector { gsi, evt });
         }
@@ -277,7 +304,14 @@ mod tests {
         // Software-enable the LAPIC (SVR bit 8) so fixed interrupts are accepted.
         let mut lapic = vcpu.get_lapic().expect("get lapic");
         let svr = 0xf0;
-        let old = u32::from_le_bytes(lapic.regs[svr..svr + 4].iter().map(|b| *b as u8).collect::<Vec<_>>().try_into().unwrap());
+        let old = u32::from_le_bytes(
+            lapic.regs[svr..svr + 4]
+                .iter()
+                .map(|b| *b as u8)
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap(),
+        );
         for (i, b) in (old | 0x1ff).to_le_bytes().iter().enumerate() {
             lapic.regs[svr + i] = *b as _;
         }
@@ -288,7 +322,13 @@ mod tests {
         assert_eq!(sink.gsi(0), Some(24));
         assert_eq!(sink.gsi(2), Some(26));
         let vector = 0x45u32;
-        sink.update_route(1, MsiMessage { address: 0xfee0_0000, data: vector });
+        sink.update_route(
+            1,
+            MsiMessage {
+                address: 0xfee0_0000,
+                data: vector,
+            },
+        );
         let e = router.entries();
         assert_eq!(e.len(), 41);
         assert_eq!(msi_of(&e[40]), (0xfee0_0000, vector));
@@ -299,7 +339,14 @@ mod tests {
         let mut seen = false;
         for _ in 0..100 {
             let l = vcpu.get_lapic().expect("get lapic");
-            let v = u32::from_le_bytes(l.regs[irr..irr + 4].iter().map(|b| *b as u8).collect::<Vec<_>>().try_into().unwrap());
+            let v = u32::from_le_bytes(
+                l.regs[irr..irr + 4]
+                    .iter()
+                    .map(|b| *b as u8)
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .unwrap(),
+            );
             if v & bit != 0 {
                 seen = true;
                 break;
@@ -310,8 +357,20 @@ mod tests {
         // KVM consumed the eventfd count.
         assert!(sink.eventfd(1).unwrap().read().is_err());
         // Rewrite the route; the table keeps the defaults and the other route.
-        sink.update_route(2, MsiMessage { address: 0xfee0_0000, data: 0x46 });
-        sink.update_route(1, MsiMessage { address: 0xfee0_0000, data: 0x47 });
+        sink.update_route(
+            2,
+            MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x46,
+            },
+        );
+        sink.update_route(
+            1,
+            MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x47,
+            },
+        );
         let e = router.entries();
         assert_eq!(e.len(), 42);
         assert_eq!(msi_of(&e[40]), (0xfee0_0000, 0x47));

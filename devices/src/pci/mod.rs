@@ -72,7 +72,11 @@ pub struct PciBdf {
 
 impl fmt::Display for PciBdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "0000:{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+        write!(
+            f,
+            "0000:{:02x}:{:02x}.{}",
+            self.bus, self.device, self.function
+        )
     }
 }
 
@@ -127,10 +131,16 @@ pub struct BarRegion {
 
 impl BusDevice for BarRegion {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        self.dev.lock().unwrap_or_else(|e| e.into_inner()).bar_read(self.bar, offset, data);
+        self.dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bar_read(self.bar, offset, data);
     }
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        self.dev.lock().unwrap_or_else(|e| e.into_inner()).bar_write(self.bar, offset, data);
+        self.dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bar_write(self.bar, offset, data);
     }
 }
 
@@ -188,15 +198,28 @@ impl PciBus {
     pub fn new(mmio: Arc<Bus>, windows: PciWindows) -> Self {
         let mut slots: Vec<Option<Slot>> = (0..MAX_DEVICES).map(|_| None).collect();
         let bridge: SharedPciDevice = Arc::new(Mutex::new(PciHostBridge::default()));
-        slots[0] = Some(Slot { dev: bridge, mapped: [None; config::NUM_BARS] });
-        Self { mmio, windows, next32: windows.mmio32_start, next64: windows.mmio64_start, slots }
+        slots[0] = Some(Slot {
+            dev: bridge,
+            mapped: [None; config::NUM_BARS],
+        });
+        Self {
+            mmio,
+            windows,
+            next32: windows.mmio32_start,
+            next64: windows.mmio64_start,
+            slots,
+        }
     }
 
     /// Adds a device at the first free device number, places its BARs (naturally aligned) in the
     /// windows, and returns its address. BARs become visible on the MMIO bus once the guest (or
     /// the caller) sets memory decode in the command register.
     pub fn add_device(&mut self, dev: SharedPciDevice) -> Result<PciBdf, PciError> {
-        let slot_no = self.slots.iter().position(Option::is_none).ok_or(PciError::BusFull)?;
+        let slot_no = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::BusFull)?;
         {
             let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
             let (mut n32, mut n64) = (self.next32, self.next64);
@@ -204,9 +227,17 @@ impl PciBus {
             for bar in d.config().bars() {
                 let use64 = bar.kind == BarKind::Mem64 && self.windows.mmio64_size > 0;
                 let (cursor, start, size) = if use64 {
-                    (&mut n64, self.windows.mmio64_start, self.windows.mmio64_size)
+                    (
+                        &mut n64,
+                        self.windows.mmio64_start,
+                        self.windows.mmio64_size,
+                    )
                 } else {
-                    (&mut n32, self.windows.mmio32_start, self.windows.mmio32_size)
+                    (
+                        &mut n32,
+                        self.windows.mmio32_start,
+                        self.windows.mmio32_size,
+                    )
                 };
                 let addr = cursor.checked_next_multiple_of(bar.size);
                 let end = addr.and_then(|a| a.checked_add(bar.size));
@@ -215,7 +246,12 @@ impl PciBus {
                         placed.push((bar.index, a));
                         *cursor = e;
                     }
-                    _ => return Err(PciError::OutOfMmioSpace { bar: bar.index, size: bar.size }),
+                    _ => {
+                        return Err(PciError::OutOfMmioSpace {
+                            bar: bar.index,
+                            size: bar.size,
+                        })
+                    }
                 }
             }
             for (index, addr) in placed {
@@ -224,9 +260,16 @@ impl PciBus {
             self.next32 = n32;
             self.next64 = n64;
         }
-        self.slots[slot_no] = Some(Slot { dev, mapped: [None; config::NUM_BARS] });
+        self.slots[slot_no] = Some(Slot {
+            dev,
+            mapped: [None; config::NUM_BARS],
+        });
         self.reconcile(slot_no);
-        Ok(PciBdf { bus: 0, device: slot_no as u8, function: 0 })
+        Ok(PciBdf {
+            bus: 0,
+            device: slot_no as u8,
+            function: 0,
+        })
     }
 
     /// The device at `device` number, if any.
@@ -236,26 +279,49 @@ impl PciBus {
 
     /// The MMIO ranges currently registered for the device at `device`: (bar, base, size).
     pub fn mapped_bars(&self, device: usize) -> Vec<(usize, u64, u64)> {
-        let Some(Some(slot)) = self.slots.get(device) else { return Vec::new() };
-        slot.mapped.iter().enumerate().filter_map(|(i, m)| m.map(|(a, s)| (i, a, s))).collect()
+        let Some(Some(slot)) = self.slots.get(device) else {
+            return Vec::new();
+        };
+        slot.mapped
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.map(|(a, s)| (i, a, s)))
+            .collect()
     }
 
     /// Reads configuration dword `reg` of bus/device/function; absent functions read all ones.
     pub fn config_read(&self, bus: u8, device: u8, function: u8, reg: usize) -> u32 {
         match self.function(bus, device, function) {
-            Some(slot) => slot.dev.lock().unwrap_or_else(|e| e.into_inner()).config_read(reg),
+            Some(slot) => slot
+                .dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_read(reg),
             None => 0xffff_ffff,
         }
     }
 
     /// Writes 1..=4 bytes at byte `offset` of configuration dword `reg`, then moves BARs if
     /// their decode changed.
-    pub fn config_write(&mut self, bus: u8, device: u8, function: u8, reg: usize, offset: usize, data: &[u8]) {
+    pub fn config_write(
+        &mut self,
+        bus: u8,
+        device: u8,
+        function: u8,
+        reg: usize,
+        offset: usize,
+        data: &[u8],
+    ) {
         if offset + data.len() > 4 {
             return;
         }
-        let Some(slot) = self.function(bus, device, function) else { return };
-        slot.dev.lock().unwrap_or_else(|e| e.into_inner()).config_write(reg, offset, data);
+        let Some(slot) = self.function(bus, device, function) else {
+            return;
+        };
+        slot.dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_write(reg, offset, data);
         self.reconcile(usize::from(device));
     }
 
@@ -268,10 +334,14 @@ impl PciBus {
 
     /// Makes the MMIO bus match each BAR's decode state.
     fn reconcile(&mut self, device: usize) {
-        let Some(Some(slot)) = self.slots.get_mut(device) else { return };
+        let Some(Some(slot)) = self.slots.get_mut(device) else {
+            return;
+        };
         let wanted: Vec<Option<(u64, u64)>> = {
             let d = slot.dev.lock().unwrap_or_else(|e| e.into_inner());
-            (0..config::NUM_BARS).map(|i| d.config().bar_decode(i)).collect()
+            (0..config::NUM_BARS)
+                .map(|i| d.config().bar_decode(i))
+                .collect()
         };
         for (bar, want) in wanted.into_iter().enumerate() {
             let have = slot.mapped[bar];
@@ -283,7 +353,9 @@ impl PciBus {
                     if self.mmio.relocate(old, new).is_err() {
                         // Relocate put it back at `old`; the guest asked for `new`, so unmap.
                         let _ = self.mmio.remove(old);
-                        tracing::warn!("PCI {device:02x}: BAR{bar} at {new:#x} overlaps; left unmapped");
+                        tracing::warn!(
+                            "PCI {device:02x}: BAR{bar} at {new:#x} overlaps; left unmapped"
+                        );
                         slot.mapped[bar] = None;
                     } else {
                         slot.mapped[bar] = want;
@@ -295,7 +367,10 @@ impl PciBus {
                         slot.mapped[bar] = None;
                     }
                     if let Some((new, size)) = want {
-                        let region = Arc::new(Mutex::new(BarRegion { dev: slot.dev.clone(), bar }));
+                        let region = Arc::new(Mutex::new(BarRegion {
+                            dev: slot.dev.clone(),
+                            bar,
+                        }));
                         match self.mmio.insert(region, new, size) {
                             Ok(()) => slot.mapped[bar] = want,
                             Err(e) => tracing::warn!("PCI {device:02x}: BAR{bar} not mapped: {e}"),
@@ -326,7 +401,12 @@ impl PciConfigIo {
     fn target(&self) -> Option<(u8, u8, u8, usize)> {
         let a = self.address;
         (a & 0x8000_0000 != 0).then(|| {
-            ((a >> 16) as u8, ((a >> 11) & 0x1f) as u8, ((a >> 8) & 7) as u8, ((a >> 2) & 0x3f) as usize)
+            (
+                (a >> 16) as u8,
+                ((a >> 11) & 0x1f) as u8,
+                ((a >> 8) & 7) as u8,
+                ((a >> 2) & 0x3f) as usize,
+            )
         })
     }
 }
@@ -345,7 +425,12 @@ impl BusDevice for PciConfigIo {
             return;
         }
         if let Some((b, d, f, reg)) = self.target() {
-            let v = self.pci.lock().unwrap_or_else(|e| e.into_inner()).config_read(b, d, f, reg).to_le_bytes();
+            let v = self
+                .pci
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_read(b, d, f, reg)
+                .to_le_bytes();
             data.copy_from_slice(&v[byte..byte + data.len()]);
         }
     }
@@ -364,7 +449,10 @@ impl BusDevice for PciConfigIo {
             return;
         }
         if let Some((b, d, f, reg)) = self.target() {
-            self.pci.lock().unwrap_or_else(|e| e.into_inner()).config_write(b, d, f, reg, byte, data);
+            self.pci
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_write(b, d, f, reg, byte, data);
         }
     }
 }
@@ -400,14 +488,22 @@ impl BusDevice for PciConfigMmio {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if let Some((b, d, f, reg, byte)) = Self::decode(offset, data.len()) {
-            let v = self.pci.lock().unwrap_or_else(|e| e.into_inner()).config_read(b, d, f, reg).to_le_bytes();
+            let v = self
+                .pci
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_read(b, d, f, reg)
+                .to_le_bytes();
             data.copy_from_slice(&v[byte..byte + data.len()]);
         }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if let Some((b, d, f, reg, byte)) = Self::decode(offset, data.len()) {
-            self.pci.lock().unwrap_or_else(|e| e.into_inner()).config_write(b, d, f, reg, byte, data);
+            self.pci
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_write(b, d, f, reg, byte, data);
         }
     }
 }
@@ -432,9 +528,26 @@ mod tests {
                 subsystem_vendor: 0,
                 subsystem: 0,
             });
-            config.add_bar(BarSpec { index: 0, kind: BarKind::Mem64, size: 0x10000, prefetchable: true }).unwrap();
-            config.add_bar(BarSpec { index: 2, kind: BarKind::Mem32, size: 0x4000, prefetchable: false }).unwrap();
-            Arc::new(Mutex::new(TestDev { config, last_write: None }))
+            config
+                .add_bar(BarSpec {
+                    index: 0,
+                    kind: BarKind::Mem64,
+                    size: 0x10000,
+                    prefetchable: true,
+                })
+                .unwrap();
+            config
+                .add_bar(BarSpec {
+                    index: 2,
+                    kind: BarKind::Mem32,
+                    size: 0x4000,
+                    prefetchable: false,
+                })
+                .unwrap();
+            Arc::new(Mutex::new(TestDev {
+                config,
+                last_write: None,
+            }))
         }
     }
 
@@ -464,22 +577,38 @@ mod tests {
         let mmio = Arc::new(Bus::new());
         let pci = Arc::new(Mutex::new(PciBus::new(mmio.clone(), WIN)));
         let pio = Bus::new();
-        pio.insert(Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))), 0xcf8, 8).unwrap();
-        mmio.insert(Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))), 0xe000_0000, 0x10_0000).unwrap();
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            0xcf8,
+            8,
+        )
+        .unwrap();
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+            0xe000_0000,
+            0x10_0000,
+        )
+        .unwrap();
         let dev = TestDev::shared();
         let bdf = pci.lock().unwrap().add_device(dev.clone()).unwrap();
         (mmio, pci, pio, dev, bdf)
     }
 
     fn cf8_read(pio: &Bus, dev: u8, reg: u32) -> u32 {
-        pio.write(0xcf8, &(0x8000_0000 | u32::from(dev) << 11 | reg).to_le_bytes());
+        pio.write(
+            0xcf8,
+            &(0x8000_0000 | u32::from(dev) << 11 | reg).to_le_bytes(),
+        );
         let mut b = [0u8; 4];
         pio.read(0xcfc, &mut b);
         u32::from_le_bytes(b)
     }
 
     fn cf8_write(pio: &Bus, dev: u8, reg: u32, v: u32) {
-        pio.write(0xcf8, &(0x8000_0000 | u32::from(dev) << 11 | reg).to_le_bytes());
+        pio.write(
+            0xcf8,
+            &(0x8000_0000 | u32::from(dev) << 11 | reg).to_le_bytes(),
+        );
         pio.write(0xcfc, &v.to_le_bytes());
     }
 
@@ -492,7 +621,14 @@ mod tests {
     #[test]
     fn host_bridge_and_device_visible() {
         let (mmio, _pci, pio, _dev, bdf) = setup();
-        assert_eq!(bdf, PciBdf { bus: 0, device: 1, function: 0 });
+        assert_eq!(
+            bdf,
+            PciBdf {
+                bus: 0,
+                device: 1,
+                function: 0
+            }
+        );
         assert_eq!(bdf.to_string(), "0000:00:01.0");
         assert_eq!(cf8_read(&pio, 0, 0), 0x0d57_8086);
         assert_eq!(cf8_read(&pio, 0, 8) >> 8, 0x06_0000);
@@ -524,9 +660,15 @@ mod tests {
         assert!(mmio.resolve(0x1_0000_0000).is_none());
         // Memory decode on: both BARs appear.
         cf8_write(&pio, 1, 4, 0x6);
-        assert_eq!(pci.lock().unwrap().mapped_bars(1), vec![(0, 0x1_0000_0000, 0x10000), (2, 0xc000_0000, 0x4000)]);
+        assert_eq!(
+            pci.lock().unwrap().mapped_bars(1),
+            vec![(0, 0x1_0000_0000, 0x10000), (2, 0xc000_0000, 0x4000)]
+        );
         mmio.write(0x1_0000_0010, &[1, 2, 3, 4]);
-        assert_eq!(dev.lock().unwrap().last_write, Some((0, 0x10, vec![1, 2, 3, 4])));
+        assert_eq!(
+            dev.lock().unwrap().last_write,
+            Some((0, 0x10, vec![1, 2, 3, 4]))
+        );
         let mut b = [0u8; 1];
         mmio.read(0xc000_0003, &mut b);
         assert_eq!(b[0], 2 ^ 3);
@@ -539,7 +681,10 @@ mod tests {
         // 64-bit move through ECAM, low then high half.
         mmio.write(0xe000_8010, &0x8000_0000u32.to_le_bytes());
         mmio.write(0xe000_8014, &0x2u32.to_le_bytes());
-        assert_eq!(mmio.resolve(0x2_8000_0000).map(|r| r.0), Some(0x2_8000_0000));
+        assert_eq!(
+            mmio.resolve(0x2_8000_0000).map(|r| r.0),
+            Some(0x2_8000_0000)
+        );
         // Overlap with ECAM: stays unmapped, no panic, later fix works.
         cf8_write(&pio, 1, 0x18, 0xe000_0000);
         assert_eq!(mmio.resolve(0xe000_0000).map(|r| r.0), Some(0xe000_0000));
@@ -558,9 +703,20 @@ mod tests {
     #[test]
     fn windows_exhausted_and_bus_full() {
         let mmio = Arc::new(Bus::new());
-        let small = PciWindows { mmio32_start: 0xc000_0000, mmio32_size: 0x8000, mmio64_start: 0, mmio64_size: 0 };
+        let small = PciWindows {
+            mmio32_start: 0xc000_0000,
+            mmio32_size: 0x8000,
+            mmio64_start: 0,
+            mmio64_size: 0,
+        };
         let mut pci = PciBus::new(mmio, small);
-        assert_eq!(pci.add_device(TestDev::shared()), Err(PciError::OutOfMmioSpace { bar: 0, size: 0x10000 }));
+        assert_eq!(
+            pci.add_device(TestDev::shared()),
+            Err(PciError::OutOfMmioSpace {
+                bar: 0,
+                size: 0x10000
+            })
+        );
         let mut pci = PciBus::new(Arc::new(Bus::new()), WIN);
         for _ in 1..MAX_DEVICES {
             pci.add_device(TestDev::shared()).unwrap();

@@ -66,7 +66,10 @@ impl Entry {
         self.ctrl & 1 != 0
     }
     fn message(&self) -> MsiMessage {
-        MsiMessage { address: u64::from(self.addr_lo) | (u64::from(self.addr_hi) << 32), data: self.data }
+        MsiMessage {
+            address: u64::from(self.addr_lo) | (u64::from(self.addr_hi) << 32),
+            data: self.data,
+        }
     }
     fn dword(&self, i: usize) -> u32 {
         [self.addr_lo, self.addr_hi, self.data, self.ctrl][i & 3]
@@ -89,7 +92,13 @@ impl Msix {
     pub fn new(num_vectors: u16, sink: Arc<dyn MsiInterruptSink>) -> Self {
         let n = usize::from(num_vectors.clamp(1, 2048));
         Self {
-            entries: vec![Entry { ctrl: 1, ..Entry::default() }; n],
+            entries: vec![
+                Entry {
+                    ctrl: 1,
+                    ..Entry::default()
+                };
+                n
+            ],
             pba: vec![0; n.div_ceil(64)],
             routed: vec![None; n],
             enabled: false,
@@ -116,13 +125,22 @@ impl Msix {
     /// The capability body after the ID/next bytes (message control, table offset/BIR, PBA
     /// offset/BIR) and its guest-writable mask, for [`super::PciConfig::add_capability`].
     /// Offsets must be 8-byte aligned.
-    pub fn capability(&self, table_bar: u8, table_offset: u32, pba_bar: u8, pba_offset: u32) -> ([u8; 10], [u8; 2]) {
+    pub fn capability(
+        &self,
+        table_bar: u8,
+        table_offset: u32,
+        pba_bar: u8,
+        pba_offset: u32,
+    ) -> ([u8; 10], [u8; 2]) {
         let ctrl = (self.num_vectors() - 1) & 0x7ff;
         let mut b = [0u8; 10];
         b[0..2].copy_from_slice(&ctrl.to_le_bytes());
         b[2..6].copy_from_slice(&((table_offset & !7) | u32::from(table_bar & 7)).to_le_bytes());
         b[6..10].copy_from_slice(&((pba_offset & !7) | u32::from(pba_bar & 7)).to_le_bytes());
-        (b, (MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK).to_le_bytes())
+        (
+            b,
+            (MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK).to_le_bytes(),
+        )
     }
 
     /// MSI-X is enabled in the capability.
@@ -143,7 +161,9 @@ impl Msix {
     /// Vector `v`'s pending bit.
     pub fn pending(&self, v: u16) -> bool {
         let v = usize::from(v);
-        self.pba.get(v / 64).is_some_and(|q| q & (1 << (v % 64)) != 0)
+        self.pba
+            .get(v / 64)
+            .is_some_and(|q| q & (1 << (v % 64)) != 0)
     }
 
     /// The message programmed in entry `v`.
@@ -225,7 +245,9 @@ impl Msix {
         for (k, b) in data.iter().enumerate() {
             let o = offset.saturating_add(k as u64);
             let (v, dw, sh) = ((o / 16) as usize, ((o % 16) / 4) as usize, (o % 4) * 8);
-            let Some(e) = self.entries.get_mut(v) else { continue };
+            let Some(e) = self.entries.get_mut(v) else {
+                continue;
+            };
             let field = match dw {
                 0 => &mut e.addr_lo,
                 1 => &mut e.addr_hi,
@@ -256,7 +278,10 @@ impl Msix {
     pub fn pba_read(&self, offset: u64, data: &mut [u8]) {
         for (k, b) in data.iter_mut().enumerate() {
             let o = offset.saturating_add(k as u64);
-            *b = self.pba.get((o / 8) as usize).map_or(0, |q| (q >> ((o % 8) * 8)) as u8);
+            *b = self
+                .pba
+                .get((o / 8) as usize)
+                .map_or(0, |q| (q >> ((o % 8) * 8)) as u8);
         }
     }
 
@@ -264,7 +289,10 @@ impl Msix {
     /// RESET_DEVICE, which leaves the table alone: REFERENCE.md section 2.19).
     pub fn reset(&mut self) {
         for e in &mut self.entries {
-            *e = Entry { ctrl: 1, ..Entry::default() };
+            *e = Entry {
+                ctrl: 1,
+                ..Entry::default()
+            };
         }
         self.pba.iter_mut().for_each(|q| *q = 0);
         self.routed.iter_mut().for_each(|r| *r = None);
@@ -305,16 +333,25 @@ impl RecordingSink {
 
     /// Forgets the recorded events.
     pub fn clear(&self) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
 impl MsiInterruptSink for RecordingSink {
     fn update_route(&self, vector: u16, msg: MsiMessage) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(SinkEvent::Route(vector, msg));
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SinkEvent::Route(vector, msg));
     }
     fn trigger(&self, vector: u16) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(SinkEvent::Trigger(vector));
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SinkEvent::Trigger(vector));
     }
 }
 
@@ -338,8 +375,14 @@ mod tests {
         let (m, _) = setup(9);
         let (body, wmask) = m.capability(0, 0x2000, 0, 0x3000);
         assert_eq!(u16::from_le_bytes([body[0], body[1]]), 8);
-        assert_eq!(u32::from_le_bytes([body[2], body[3], body[4], body[5]]), 0x2000);
-        assert_eq!(u32::from_le_bytes([body[6], body[7], body[8], body[9]]), 0x3000);
+        assert_eq!(
+            u32::from_le_bytes([body[2], body[3], body[4], body[5]]),
+            0x2000
+        );
+        assert_eq!(
+            u32::from_le_bytes([body[6], body[7], body[8], body[9]]),
+            0x3000
+        );
         assert_eq!(wmask, [0, 0xc0]);
         assert_eq!(m.table_size(), 144);
         assert_eq!(m.pba_size(), 8);
@@ -364,7 +407,16 @@ mod tests {
         let ev = sink.events.lock().unwrap().clone();
         assert_eq!(
             ev,
-            vec![SinkEvent::Route(1, MsiMessage { address: 0xfee0_0000, data: 0x41 }), SinkEvent::Trigger(1)]
+            vec![
+                SinkEvent::Route(
+                    1,
+                    MsiMessage {
+                        address: 0xfee0_0000,
+                        data: 0x41
+                    }
+                ),
+                SinkEvent::Trigger(1)
+            ]
         );
         assert_eq!(m.trigger(1), MsiDelivery::Sent);
         assert_eq!(sink.triggered(), vec![1, 1]);
@@ -399,7 +451,13 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|e| if let SinkEvent::Route(_, msg) = e { Some(msg.data) } else { None })
+            .filter_map(|e| {
+                if let SinkEvent::Route(_, msg) = e {
+                    Some(msg.data)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!(routes, vec![0x30, 0x31]);
         let mut b = [0u8; 16];
