@@ -93,7 +93,7 @@ impl DsaBackend for SoftwareBackend {
         };
         if d.flags() & FLAG_CRAV == 0 {
             out.swerr = swerr(status);
-        } else if addr % 32 != 0 {
+        } else if !addr.is_multiple_of(32) {
             out.swerr = swerr(0x1b);
         } else {
             // Section 7: bytes 1..32 first, the status byte last.

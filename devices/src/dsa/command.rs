@@ -205,7 +205,8 @@ impl DsaDevice {
         let Some(w) = self.tables.wqs.get_mut(wq) else {
             return status::INVALID_WQ;
         };
-        let e = if !enabled {
+
+        if !enabled {
             status::WQ_DEV_NOT_ENABLED
         } else if w.enabled {
             status::WQ_ENABLED
@@ -227,8 +228,7 @@ impl DsaDevice {
             w.enabled = true;
             w.occupancy = 0;
             status::SUCCESS
-        };
-        e
+        }
     }
 
     fn wq_command(&mut self, op: u32, set: Vec<usize>) -> u8 {

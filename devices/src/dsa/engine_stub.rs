@@ -166,7 +166,7 @@ pub mod engine {
         };
         if crav && (rcr || status != 1) {
             let a = desc.completion_addr();
-            if a % 32 != 0 {
+            if !a.is_multiple_of(32) {
                 out.swerr = Some(SwError {
                     status: 0x1b,
                     opcode: op,

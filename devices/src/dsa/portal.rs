@@ -67,7 +67,7 @@ impl DsaDevice {
             self.stats.bad_portal_writes += 1;
             return;
         };
-        if offset % DESC_SIZE as u64 != 0 {
+        if !offset.is_multiple_of(DESC_SIZE as u64) {
             self.stats.bad_portal_writes += 1;
             return;
         }

@@ -277,10 +277,10 @@ impl DsaDevice {
             return; // PBA is read-only.
         }
         match (len, data) {
-            (4, &[a, b, c, d]) if offset % 4 == 0 && offset < BAR0_SIZE => {
+            (4, &[a, b, c, d]) if offset.is_multiple_of(4) && offset < BAR0_SIZE => {
                 self.reg_write_dword(offset, u32::from_le_bytes([a, b, c, d]));
             }
-            (8, &[a, b, c, d, e, f, g, h]) if offset % 8 == 0 && offset < BAR0_SIZE => {
+            (8, &[a, b, c, d, e, f, g, h]) if offset.is_multiple_of(8) && offset < BAR0_SIZE => {
                 self.reg_write_dword(offset, u32::from_le_bytes([a, b, c, d]));
                 self.reg_write_dword(offset + 4, u32::from_le_bytes([e, f, g, h]));
             }

@@ -400,7 +400,7 @@ impl PciConfigIo {
     /// (bus, device, function, dword) selected by CONFIG_ADDRESS when its enable bit is set.
     fn target(&self) -> Option<(u8, u8, u8, usize)> {
         let a = self.address;
-        (a & 0x8000_0000 != 0).then(|| {
+        (a & 0x8000_0000 != 0).then_some({
             (
                 (a >> 16) as u8,
                 ((a >> 11) & 0x1f) as u8,
