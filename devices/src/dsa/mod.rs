@@ -102,6 +102,9 @@ pub enum DsaConfigError {
     /// `max_batch_shift` out of 5..=15.
     #[error("max batch shift must be 5..=15 (32..32768), got {0}")]
     MaxBatchShift(u8),
+    /// A `key=value` option string could not be parsed.
+    #[error("bad DSA option: {0}")]
+    Parse(String),
 }
 
 impl DsaConfig {
@@ -128,9 +131,50 @@ impl DsaConfig {
         Ok(())
     }
 
+    /// MSI-X vectors of the device: num_wqs + 1 (trap 6). A KVM sink must have this many.
+    pub fn msix_vectors(&self) -> u16 {
+        u16::from(self.wqs) + 1
+    }
+
     /// Size of BAR2: 16 KiB per WQ, rounded up to a power of two.
     pub fn portal_bar_size(&self) -> u64 {
         (u64::from(self.wqs) * portal::PORTAL_STRIDE).next_power_of_two()
+    }
+}
+
+impl std::str::FromStr for DsaConfig {
+    type Err = DsaConfigError;
+
+    /// Parses the CLI form `backend=software,wqs=8,engines=4,groups=4,wq_size=128,
+    /// max_xfer_shift=21,max_batch_shift=10` (every key optional, defaults from
+    /// [`DsaConfig::default`]; `backend` must be `software`), then validates.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut c = DsaConfig::default();
+        for kv in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| DsaConfigError::Parse(kv.to_string()))?;
+            let num = |v: &str| {
+                v.parse::<u16>()
+                    .map_err(|_| DsaConfigError::Parse(kv.to_string()))
+            };
+            let byte = |v: &str| {
+                v.parse::<u8>()
+                    .map_err(|_| DsaConfigError::Parse(kv.to_string()))
+            };
+            match k {
+                "backend" if v == "software" => {}
+                "wqs" => c.wqs = byte(v)?,
+                "engines" => c.engines = byte(v)?,
+                "groups" => c.groups = byte(v)?,
+                "wq_size" | "total_wq_size" => c.total_wq_size = num(v)?,
+                "max_xfer_shift" => c.max_xfer_shift = byte(v)?,
+                "max_batch_shift" => c.max_batch_shift = byte(v)?,
+                _ => return Err(DsaConfigError::Parse(kv.to_string())),
+            }
+        }
+        c.validate()?;
+        Ok(c)
     }
 }
 
@@ -282,7 +326,7 @@ impl DsaDevice {
         sink: Arc<dyn MsiInterruptSink>,
     ) -> Result<Self, DsaError> {
         cfg.validate()?;
-        let vectors = u16::from(cfg.wqs) + 1; // trap 6: exactly num_wqs + 1
+        let vectors = cfg.msix_vectors(); // trap 6: exactly num_wqs + 1
         let msix = Msix::new(vectors, sink);
         let mut pci = PciConfig::new(PciHeader {
             vendor: DSA_VENDOR_ID,

@@ -169,6 +169,33 @@ fn config_validation() {
     )
     .is_err());
     assert_eq!(DsaConfig { wqs: 3, ..d }.portal_bar_size(), 0x10000);
+    assert_eq!(DsaConfig { wqs: 3, ..d }.msix_vectors(), 4);
+    assert_eq!("".parse::<DsaConfig>(), Ok(d));
+    assert_eq!(
+        "backend=software,wqs=2,engines=1,groups=1,wq_size=32,max_xfer_shift=22,max_batch_shift=5"
+            .parse(),
+        Ok(DsaConfig {
+            wqs: 2,
+            engines: 1,
+            groups: 1,
+            total_wq_size: 32,
+            max_xfer_shift: 22,
+            max_batch_shift: 5
+        })
+    );
+    assert_eq!("wqs=9".parse::<DsaConfig>(), Err(DsaConfigError::Wqs(9)));
+    assert!(matches!(
+        "backend=vfio".parse::<DsaConfig>(),
+        Err(DsaConfigError::Parse(_))
+    ));
+    assert!(matches!(
+        "wqs".parse::<DsaConfig>(),
+        Err(DsaConfigError::Parse(_))
+    ));
+    assert!(matches!(
+        "wqs=300".parse::<DsaConfig>(),
+        Err(DsaConfigError::Parse(_))
+    ));
     assert_eq!(DsaConfig { wqs: 8, ..d }.portal_bar_size(), 0x20000);
 }
 
