@@ -85,7 +85,7 @@ pub const CMD_INT_REQ: u32 = 1 << 31;
 /// CMD bits 30:25 are reserved.
 const CMD_RESERVED: u32 = 0x7e00_0000;
 
-/// Decodes a WQ-set operand (section 4.2: [15:0] bitmask within block, [19:16] block).
+/// Decodes a WQ-set operand (section 4.2: \[15:0\] bitmask within block, \[19:16\] block).
 pub fn wq_set(operand: u32, num_wqs: usize) -> Result<Vec<usize>, u8> {
     let block = ((operand >> 16) & 0xf) as usize;
     let mut v = Vec::new();
@@ -155,7 +155,7 @@ impl DsaDevice {
         (e, 0)
     }
 
-    /// ENABLE_DEVICE (section 4.4 [R]).
+    /// ENABLE_DEVICE (section 4.4 \[R\]).
     fn enable_device(&mut self) -> u8 {
         if self.regs.state != STATE_DISABLED {
             return status::DEV_ENABLED;
@@ -196,7 +196,7 @@ impl DsaDevice {
         self.tables.reset();
     }
 
-    /// ENABLE_WQ checks in the order of section 4.4 [R].
+    /// ENABLE_WQ checks in the order of section 4.4 \[R\].
     fn enable_wq(&mut self, wq: usize) -> u8 {
         let gencap = self.caps.gencap;
         let dev_xfer = ((gencap >> 16) & 0x1f) as u8;

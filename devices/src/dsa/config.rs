@@ -3,7 +3,7 @@
 //! - GRPCFG is writable only while the device is disabled; writes while enabled are silently
 //!   ignored, because the 6.12 driver rewrites every group at each enable-wq (trap 9).
 //! - A WQ's WQCFG entry is writable only while that WQ is disabled; dword 0 (size) is also frozen
-//!   while the device is enabled (section 3.2 [R]). Writes to read-only fields (occupancy,
+//!   while the device is enabled (section 3.2 \[R\]). Writes to read-only fields (occupancy,
 //!   mode_support, wq_state) are ignored, and resets clear the writable fields, because the
 //!   driver ORs the current contents into its shadow before writing back (trap 10).
 

@@ -36,7 +36,7 @@ pub mod descriptor {
         pub fn opcode(&self) -> u8 {
             self.raw[7]
         }
-        /// Flags [23:0] of dword 1.
+        /// Flags \[23:0\] of dword 1.
         pub fn flags(&self) -> u32 {
             self.u32_at(4) & 0x00ff_ffff
         }

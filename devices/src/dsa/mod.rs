@@ -4,7 +4,7 @@
 //!
 //! - PCI: class 0x088000, BAR0 (64 KiB, 64-bit prefetchable: registers, tables, MSI-X table at
 //!   0x2000 and PBA at 0x3000), BAR2 (portals, 16 KiB per WQ), an MSI-X capability with
-//!   num_wqs + 1 vectors (trap 6). No PCIe/PASID/ATS/PRI capabilities (section 1.5 [R]).
+//!   num_wqs + 1 vectors (trap 6). No PCIe/PASID/ATS/PRI capabilities (section 1.5 \[R\]).
 //! - BAR0 registers: [`regs`]; GRPCFG/WQCFG: [`config`]; commands: [`command`]; portals and
 //!   descriptor intake: [`portal`]; execution: [`backend`].
 //! - Completion: the backend writes the completion record (status byte last), then the front end

@@ -5,11 +5,11 @@
 //! emulation-failure path as a single 64-byte bus write) at any 64-byte aligned offset of any
 //! of the four pages. For a dedicated WQ limited and unlimited behave the same.
 //!
-//! Rules applied here ([S] DSA spec as encoded by Intel's VDCM; [R] where marked):
+//! Rules applied here (\[S\] DSA spec as encoded by Intel's VDCM; \[R\] where marked):
 //! - Writes of another size or alignment are not descriptors: dropped and counted.
 //! - Reads return all ones.
 //! - A descriptor for a WQ that does not exist or is not enabled (or a disabled device) is
-//!   dropped and reported in SWERR with wq_idx valid [R, section 10.1].
+//!   dropped and reported in SWERR with wq_idx valid \[R, section 10.1\].
 //! - A dedicated WQ that is full (occupancy = size) drops the descriptor silently, as a
 //!   dedicated WQ gives no feedback to MOVDIR64B; it is counted in the stats.
 //! - Bus mastering off: the device cannot DMA; the descriptor is dropped and counted.
@@ -54,7 +54,7 @@ pub fn decode(offset: u64) -> PortalAddr {
     }
 }
 
-/// SWERR error code used for a descriptor written to a disabled or absent WQ [R]: no code for
+/// SWERR error code used for a descriptor written to a disabled or absent WQ \[R\]: no code for
 /// this case is documented where we could check; the 6.12 driver only logs SWERR contents.
 pub const SWERR_WQ_NOT_ENABLED: u8 = 0x32;
 /// Completion status: invalid interrupt handle.

@@ -57,9 +57,9 @@ pub const WQCFG_OFFSET: u64 = 0x500;
 /// PERFMON window (2.18): reads 0, so PERFCAP reports no counters and the driver gives up
 /// silently instead of logging "No PMU support".
 pub const PERFMON_OFFSET: u64 = 0x1000;
-/// MSI-X table (1.5 [R]).
+/// MSI-X table (1.5 \[R\]).
 pub const MSIX_TABLE_OFFSET: u64 = 0x2000;
-/// MSI-X PBA (1.5 [R]).
+/// MSI-X PBA (1.5 \[R\]).
 pub const MSIX_PBA_OFFSET: u64 = 0x3000;
 
 /// GENSTS.state values.
@@ -80,16 +80,16 @@ const GENCFG_MASK: u32 = 0x30ff;
 /// GENCTRL: softerr_int_en, halt_int_en, evl_int_en.
 pub const GENCTRL_SOFTERR_INT_EN: u32 = 1 << 0;
 const GENCTRL_MASK: u32 = 0x7;
-/// EVLCFG qword 0: pasid_en, priv, base [63:12].
+/// EVLCFG qword 0: pasid_en, priv, base \[63:12\].
 const EVLCFG0_MASK: u64 = 0xffff_ffff_ffff_f003;
-/// EVLCFG qword 1: size [15:0], pasid [35:16].
+/// EVLCFG qword 1: size \[15:0\], pasid \[35:16\].
 const EVLCFG1_MASK: u64 = 0xf_ffff_ffff;
-/// MSIX_PERM low dword: ignore (2), pasid_en (3), pasid [31:12].
+/// MSIX_PERM low dword: ignore (2), pasid_en (3), pasid \[31:12\].
 const MSIX_PERM_MASK: u32 = 0xffff_f00c;
 
-/// VERSION value (section 2.2 [R]).
+/// VERSION value (section 2.2 \[R\]).
 pub const VERSION_VALUE: u32 = 0x100;
-/// CMDCAP: commands 1-12, no interrupt handles (section 4.1 [R]).
+/// CMDCAP: commands 1-12, no interrupt handles (section 4.1 \[R\]).
 pub const CMDCAP_VALUE: u32 = 0x1ffe;
 /// GRPCAP.total_rdbufs.
 pub const TOTAL_RDBUFS: u64 = 64;
