@@ -377,5 +377,40 @@ mod tests {
         drop(sink);
         assert_eq!(router.entries().len(), 40);
         assert!(router.allocate_gsi().unwrap() >= 24);
+
+        // MSI-X on top of the KVM sink: masked -> pending, unmask -> route + delivery; a guest
+        // rewrite of the entry changes the route.
+        let sink = Arc::new(KvmMsiSink::new(router.clone(), 2).expect("sink"));
+        let mut msix = crate::pci::msix::Msix::new(2, sink.clone());
+        msix.set_control(crate::pci::msix::MSIX_CTRL_ENABLE);
+        msix.table_write(16, &0xfee0_0000u32.to_le_bytes());
+        msix.table_write(24, &0x51u32.to_le_bytes());
+        assert_eq!(msix.trigger(1), crate::pci::msix::MsiDelivery::Pending);
+        assert!(!irr_has(&vcpu, 0x51));
+        msix.table_write(28, &0u32.to_le_bytes());
+        assert!(wait_irr(&vcpu, 0x51), "pending vector delivered on unmask");
+        msix.table_write(24, &0x62u32.to_le_bytes());
+        assert_eq!(msix.trigger(1), crate::pci::msix::MsiDelivery::Sent);
+        assert!(
+            wait_irr(&vcpu, 0x62),
+            "rewritten entry routes to the new vector"
+        );
+    }
+
+    fn irr_has(vcpu: &kvm_ioctls::VcpuFd, vector: u32) -> bool {
+        let l = vcpu.get_lapic().expect("get lapic");
+        let irr = 0x200 + 0x10 * (vector as usize / 32);
+        let b = |i: usize| l.regs[irr + i] as u8;
+        u32::from_le_bytes([b(0), b(1), b(2), b(3)]) & (1 << (vector % 32)) != 0
+    }
+
+    fn wait_irr(vcpu: &kvm_ioctls::VcpuFd, vector: u32) -> bool {
+        (0..100).any(|_| {
+            let hit = irr_has(vcpu, vector);
+            if !hit {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            hit
+        })
     }
 }
