@@ -2,4 +2,6 @@
 //! virtual DSA.
 
 pub mod bus;
+pub mod dsa;
 pub mod legacy;
+pub mod pci;
