@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use devices::dsa::DsaConfig;
+
 use crate::config::SerialMode;
 
 /// dsavmm: a KVM virtual machine monitor with a virtual Intel DSA.
@@ -47,6 +49,10 @@ pub struct MachineArgs {
     /// Guest console: stdout, none, or a file path.
     #[arg(long, default_value = "stdout")]
     pub serial: SerialMode,
+    /// Attach a virtual DSA: `backend=software[,wqs=N][,engines=N][,groups=N][,wq-size=N]`
+    /// (repeatable: one PCI device each).
+    #[arg(long = "dsa", value_name = "SPEC")]
+    pub dsa: Vec<DsaConfig>,
     /// MOVDIR64B in the guest CPUID: auto (when the host CPU executes it), on, or off.
     #[arg(long, value_enum, default_value_t = Movdir64b::Auto)]
     pub movdir64b: Movdir64b,

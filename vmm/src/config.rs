@@ -60,6 +60,8 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// Console destination.
     pub serial: SerialMode,
+    /// Virtual DSA devices, in PCI slot order.
+    pub dsa: Vec<devices::dsa::DsaConfig>,
 }
 
 /// A value the user gave that cannot work.

@@ -39,6 +39,11 @@ fn spec_for_selftest(m: &MachineArgs) -> VmSpec {
         memory_mib: m.memory,
         vcpus: m.vcpus.min(255) as u8,
         serial: m.serial.clone(),
+        dsa: if m.dsa.is_empty() {
+            vec![devices::dsa::DsaConfig::default()]
+        } else {
+            m.dsa.clone()
+        },
     }
 }
 
@@ -93,6 +98,7 @@ fn real_main() -> anyhow::Result<i32> {
                 vcpus: 1,
                 serial: config::SerialMode::Stdout,
                 movdir64b: Movdir64b::Auto,
+                dsa: Vec::new(),
             };
             boot_and_wait(&spec_for_selftest(&m), &m)
         }
@@ -105,6 +111,7 @@ fn real_main() -> anyhow::Result<i32> {
                 memory_mib: r.machine.memory,
                 vcpus: r.machine.vcpus.min(255) as u8,
                 serial: r.machine.serial.clone(),
+                dsa: r.machine.dsa.clone(),
             };
             boot_and_wait(&spec, &r.machine)
         }

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use arch::layout;
 use devices::bus::Bus;
+use devices::dsa::{DsaConfig, DsaDevice};
 use devices::legacy::{
     i8042::I8042, serial::SerialConsole, sleep::AcpiSleep, status_port::StatusPort, ExitReason,
     ExitSignal,
 };
+use devices::pci::kvm_msi::{GsiRouter, KvmMsiSink};
+use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciWindows, SharedPciDevice};
 use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -85,6 +88,8 @@ pub struct Vm {
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Whether MOVDIR64B was forced on in the guest CPUID.
     pub movdir64b_forced: bool,
+    /// The virtual DSA devices, in `--dsa` order.
+    pub dsa: Vec<Arc<Mutex<DsaDevice>>>,
     vm_fd: Arc<VmFd>,
     vcpus: Vec<Vcpu>,
     threads: Vec<JoinHandle<()>>,
@@ -218,6 +223,8 @@ impl Vm {
         )
         .map_err(dev_err("status port"))?;
 
+        let dsa = attach_dsa_devices(&vm_fd, &mem, &pio, &mmio, &spec.dsa)?;
+
         // vCPUs.
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -265,6 +272,7 @@ impl Vm {
             vcpu_stats,
             serial,
             movdir64b_forced: force_movdir64b,
+            dsa,
             vm_fd,
             vcpus: vcpu_list,
             threads: Vec::new(),
@@ -362,6 +370,63 @@ impl Vm {
     pub fn is_ram(&self, addr: u64) -> bool {
         self.mem.find_region(GuestAddress(addr)).is_some()
     }
+}
+
+/// Puts the PCI host bridge on the buses and one vDSA per config on it, with MSI-X routed to
+/// KVM irqfds. Without DSA devices there is no PCI bus (nothing for the guest to find).
+fn attach_dsa_devices(
+    vm_fd: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    configs: &[DsaConfig],
+) -> Result<Vec<Arc<Mutex<DsaDevice>>>, VmError> {
+    let pci = Arc::new(Mutex::new(PciBus::new(
+        mmio.clone(),
+        PciWindows {
+            mmio32_start: layout::MMIO_32_START,
+            mmio32_size: layout::MMIO_32_BAR_SIZE,
+            mmio64_start: layout::MMIO_64_START,
+            mmio64_size: layout::MMIO_64_SIZE,
+        },
+    )));
+    let bus_err = |e: devices::bus::BusError| VmError::Device("PCI", e.to_string());
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        0xcf8,
+        8,
+    )
+    .map_err(bus_err)?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        layout::PCI_ECAM_START,
+        layout::PCI_ECAM_SIZE,
+    )
+    .map_err(bus_err)?;
+    if configs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let router = GsiRouter::new(vm_fd.clone(), true);
+    let guest_mem = Arc::new(mem.clone());
+    let mut out = Vec::new();
+    for (i, cfg) in configs.iter().enumerate() {
+        let sink = Arc::new(
+            KvmMsiSink::new(router.clone(), cfg.msix_vectors())
+                .map_err(|e| VmError::Device("DSA interrupts", e.to_string()))?,
+        );
+        let dev = Arc::new(Mutex::new(
+            DsaDevice::new(*cfg, guest_mem.clone(), sink)
+                .map_err(|e| VmError::Device("DSA", e.to_string()))?,
+        ));
+        let bdf = pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(dev.clone() as SharedPciDevice)
+            .map_err(|e| VmError::Device("DSA", e.to_string()))?;
+        tracing::info!("dsa{i}: {cfg:?} at PCI {bdf:?}");
+        out.push(dev);
+    }
+    Ok(out)
 }
 
 /// LINT0 as ExtINT and LINT1 as NMI, as a PC's firmware leaves them.

@@ -167,9 +167,9 @@ impl std::str::FromStr for DsaConfig {
                 "wqs" => c.wqs = byte(v)?,
                 "engines" => c.engines = byte(v)?,
                 "groups" => c.groups = byte(v)?,
-                "wq_size" | "total_wq_size" => c.total_wq_size = num(v)?,
-                "max_xfer_shift" => c.max_xfer_shift = byte(v)?,
-                "max_batch_shift" => c.max_batch_shift = byte(v)?,
+                "wq_size" | "wq-size" | "total_wq_size" => c.total_wq_size = num(v)?,
+                "max_xfer_shift" | "max-xfer-shift" => c.max_xfer_shift = byte(v)?,
+                "max_batch_shift" | "max-batch-shift" => c.max_batch_shift = byte(v)?,
                 _ => return Err(DsaConfigError::Parse(kv.to_string())),
             }
         }
