@@ -36,7 +36,8 @@ pub use parse::{Layer, Line, RunOutcome};
 pub use rig::{Mode, NestedVm, RigOutput, Run};
 
 /// A rig failure: the layer that failed, what happened, and that layer's last output lines.
-#[derive(Debug, thiserror::Error)]
+/// `Debug` prints the same text as `Display` (a test returning `Err` shows a readable message).
+#[derive(thiserror::Error)]
 #[error("nested rig: {layer} failed: {message}{}", format_tail(.last_lines, .log.as_deref()))]
 pub struct RigError {
     /// The layer that failed.
@@ -61,6 +62,12 @@ fn format_tail(lines: &[String], log: Option<&std::path::Path>) -> String {
         s.push_str(&format!("\n--- full transcript: {} ---", log.display()));
     }
     s
+}
+
+impl std::fmt::Debug for RigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl RigError {

@@ -152,18 +152,24 @@ impl RigOutput {
         }
         let exit = self.runs.get(run).and_then(|r| r.exit);
         let cmd = self.commands.get(run).map(String::as_str).unwrap_or("?");
+        let l2_lines = self.lines_of(run, Layer::L2).count();
+        let printed = if l2_lines == 0 {
+            " (the L2 console printed nothing at all)".to_string()
+        } else {
+            format!(" (the L2 console printed {l2_lines} lines)")
+        };
         let (failed, why) = match exit {
             Some(0) => (
                 layer,
-                format!("run {run} (`{cmd}`) exited 0 but printed no line containing {needle:?}"),
+                format!("run {run} (`{cmd}`) exited 0 but printed no line containing {needle:?}{printed}"),
             ),
             Some(c) => (
                 Layer::Dsavmm,
-                format!("run {run} (`{cmd}`) exited {c}; no line containing {needle:?}"),
+                format!("run {run} (`{cmd}`) exited {c}; no line containing {needle:?}{printed}"),
             ),
             None => (
                 Layer::Dsavmm,
-                format!("run {run} (`{cmd}`) never finished; no line containing {needle:?}"),
+                format!("run {run} (`{cmd}`) never finished; no line containing {needle:?}{printed}"),
             ),
         };
         Err(RigError {
