@@ -83,6 +83,15 @@ kernel_pkg_dir() {
     deb_x "linux-image-$KVER" "$KPKG_VERSION"
 }
 
+# busybox_links DIR BUSYBOX: create DIR/<applet> -> busybox links for every applet, at build time (running
+# `busybox --install` in the guest costs seconds under nested emulation).
+busybox_links() {
+    local dir="$1" bb="$2" a
+    for a in $("$bb" --list); do
+        [[ -e "$dir/$a" ]] || ln -s busybox "$dir/$a"
+    done
+}
+
 # cpio_console_node: write to stdout a newc archive holding /dev and the /dev/console node
 # (char 5:1), so that no root rights (mknod) are needed to build an initramfs. The kernel
 # unpacks concatenated archives in order.

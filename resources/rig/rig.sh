@@ -102,13 +102,13 @@ modules_setup() {
 base_cpio() {
     local bb key stage
     bb="$(busybox_bin)"
-    key="$( { echo "base v1 $bb $KVER"; cat "$HERE/l1-init.sh"; } | short_hash)"
+    key="$( { echo "base v2 $bb $KVER"; cat "$HERE/l1-init.sh"; } | short_hash)"
     L1_BASE="$RIG/l1-base-$key.cpio"
     [[ -f "$L1_BASE" ]] && return 0
     stage="$(mktemp -d "$RIG/.stage-base.XXXXXX")"
     mkdir -p "$stage/bin" "$stage/lib/modules/rig" "$stage/rig" "$stage/proc" "$stage/sys" "$stage/dev" "$stage/tmp"
     cp "$bb" "$stage/bin/busybox"
-    ln -s busybox "$stage/bin/sh"
+    busybox_links "$stage/bin" "$bb"
     cp "$MODDIR"/*.ko "$stage/lib/modules/rig/"
     install -m 0755 "$HERE/l1-init.sh" "$stage/init"
     pack_cpio "$stage" "$L1_BASE"

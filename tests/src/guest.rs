@@ -11,8 +11,12 @@ use crate::RigError;
 /// A fast L2 kernel command line (see shared/notes/nested-rig.md): no AMD GART scan (`pci=noearly`), no
 /// crypto self-tests, no TSC/timer checks, no i8042 probing; `reboot=k` so a reboot goes through the
 /// keyboard controller; `panic=-1` so a panic ends the VM at once.
+/// `initcall_blacklist=cmos_init` skips the built-in rtc_cmos driver: in the rig its probe polls the
+/// CMOS ports for seconds (each access is a nested exit); measured with QEMU `-accel kvm` in L1 under
+/// load, L2 start to /init went from 58.5 s to 19.7 s.
 pub const L2_CMDLINE: &str = "console=ttyS0 quiet pci=noearly cryptomgr.notests tsc=reliable \
-                              no_timer_check i8042.noaux i8042.nokbd reboot=k panic=-1";
+                              no_timer_check i8042.noaux i8042.nokbd initcall_blacklist=cmos_init \
+                              reboot=k panic=-1";
 
 /// The marker the boot-test initramfs's /init prints (followed by ` nproc=<n> ...`).
 pub const L2_MARKER: &str = "L2-INIT-MARKER";

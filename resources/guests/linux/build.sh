@@ -61,7 +61,7 @@ build_vmlinux() {
 make_initramfs() {
     local name="$1" init="$2" stage_fn="$3" bb key out stage
     bb="$(busybox_bin)"
-    key="$( { echo "v1 $bb"; cat "$init"; [[ "$stage_fn" == ":" ]] || "$stage_fn" --key; } | short_hash)"
+    key="$( { echo "v2 $bb"; cat "$init"; [[ "$stage_fn" == ":" ]] || "$stage_fn" --key; } | short_hash)"
     out="$OUT/initramfs-$name-$key.cpio"
     if [[ -f "$out" ]]; then
         echo "$out"
@@ -70,7 +70,7 @@ make_initramfs() {
     stage="$(mktemp -d "$OUT/.stage-$name.XXXXXX")"
     mkdir -p "$stage/bin" "$stage/proc" "$stage/sys" "$stage/dev" "$stage/tmp" "$stage/etc"
     cp "$bb" "$stage/bin/busybox"
-    ln -s busybox "$stage/bin/sh"
+    busybox_links "$stage/bin" "$bb"
     install -m 0755 "$init" "$stage/init"
     [[ "$stage_fn" == ":" ]] || "$stage_fn" "$stage"
     pack_cpio "$stage" "$out"
