@@ -225,6 +225,7 @@ pub struct NestedVm {
     timeout: Option<Duration>,
     expect_exit: Option<i32>,
     mode: Mode,
+    qemu: Option<PathBuf>,
 }
 
 impl Default for NestedVm {
@@ -252,6 +253,7 @@ impl NestedVm {
             timeout: None,
             expect_exit: Some(0),
             mode: Mode::Auto,
+            qemu: None,
         }
     }
 
@@ -293,6 +295,13 @@ impl NestedVm {
     /// The exit status every command must have (`None`: any; the caller checks [`RigOutput::runs`]).
     pub fn expect_exit(mut self, code: Option<i32>) -> Self {
         self.expect_exit = code;
+        self
+    }
+
+    /// Use this qemu-system-x86_64 for L1 instead of Debian's 7.2 (e.g. a build whose TCG executes
+    /// MOVDIR64B); the environment variable `DSAVMM_RIG_QEMU` does the same for every rig.
+    pub fn qemu_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.qemu = Some(path.into());
         self
     }
 
@@ -377,18 +386,18 @@ impl NestedVm {
     fn run_nested(&self, runs: &[Run], timeout: Duration) -> Result<RigOutput, RigError> {
         let script = workspace_root().join("resources/rig/rig.sh");
         let args = self.build_args(runs)?;
-        let built = Command::new("bash")
-            .arg(&script)
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                RigError::new(
-                    Layer::Build,
-                    format!("cannot run {}: {e}", script.display()),
-                    vec![],
-                )
-            })?;
+        let mut build = Command::new("bash");
+        build.arg(&script).args(&args).stdin(Stdio::null());
+        if let Some(q) = &self.qemu {
+            build.env("DSAVMM_RIG_QEMU", q);
+        }
+        let built = build.output().map_err(|e| {
+            RigError::new(
+                Layer::Build,
+                format!("cannot run {}: {e}", script.display()),
+                vec![],
+            )
+        })?;
         if !built.status.success() {
             let stderr = String::from_utf8_lossy(&built.stderr);
             return Err(RigError::new(

@@ -66,3 +66,56 @@ fn reference_vmm_boots_l2_and_broken_dsavmm_is_named() -> Result<(), tests::RigE
     }
     Ok(())
 }
+
+/// A QEMU that cannot start (here `/bin/false`) fails naming the QEMU layer, at once.
+#[test]
+fn qemu_that_does_not_start_is_named() -> Result<(), tests::RigError> {
+    let guest = LinuxGuest::get()?;
+    let err = NestedVm::new()
+        .mode(Mode::Nested)
+        .qemu_binary("/bin/false")
+        .dsavmm("/bin/true")
+        .l2_kernel(&guest.vmlinux)
+        .timeout(Duration::from_secs(60))
+        .run(&["run", "--kernel", NestedVm::L2_KERNEL])
+        .err()
+        .ok_or_else(|| {
+            tests::RigError::new(Layer::Build, "/bin/false as QEMU passed the rig", vec![])
+        })?;
+    eprintln!("expected failure:\n{err}");
+    assert_eq!(err.layer, Layer::Qemu, "{err}");
+    Ok(())
+}
+
+/// The hard timeout kills QEMU and names the layer that was running (L1, still booting after 3 s).
+#[test]
+fn timeout_kills_qemu_and_names_l1() -> Result<(), tests::RigError> {
+    let guest = LinuxGuest::get()?;
+    let start = std::time::Instant::now();
+    let err = NestedVm::new()
+        .mode(Mode::Nested)
+        .dsavmm("/bin/true")
+        .l2_kernel(&guest.vmlinux)
+        .timeout(Duration::from_secs(3))
+        .run(&["run", "--kernel", NestedVm::L2_KERNEL])
+        .err()
+        .ok_or_else(|| {
+            tests::RigError::new(Layer::Build, "L1 booted and ran within 3 s?", vec![])
+        })?;
+    eprintln!("expected failure:\n{err}");
+    assert_eq!(err.layer, Layer::L1, "{err}");
+    assert!(err.message.contains("timeout"), "{err}");
+    let out = err
+        .output
+        .as_deref()
+        .ok_or_else(|| tests::RigError::new(Layer::Build, "no output", vec![]))?;
+    assert!(out.timed_out);
+    // Building the initramfs is not part of the timeout; QEMU must have been killed promptly.
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "{:?} (since test start {:?})",
+        out.elapsed,
+        start.elapsed()
+    );
+    Ok(())
+}
