@@ -281,8 +281,10 @@ dst_untouched:
     repe scasb
     ret
 
-/* dst_matches: ZF=1 if dst target == src_area[3..67) and both guards are 0xcc. */
+/* dst_matches: ZF=1 if dst target == src_area[3..67) and both guards are 0xcc.
+ * Preserves rsi (the caller's check name). */
 dst_matches:
+    pushq %rsi
     leaq dst_area(%rip), %rdi
     movl $64, %ecx
     movb $0xcc, %al
@@ -297,7 +299,8 @@ dst_matches:
     movl $64, %ecx
     movb $0xcc, %al
     repe scasb
-1:  ret
+1:  popq %rsi                       /* popq leaves the flags alone */
+    ret
 
 /* expect a fault with the given vector and recovery label. */
 .macro EXPECT vec, recover
