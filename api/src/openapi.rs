@@ -162,6 +162,10 @@ mod tests {
                 !required.contains(key),
                 "{name}.{key}: required-ness"
             );
+            // No field is nullable in the spec, so an explicit null is rejected.
+            let mut null = full.clone();
+            null[key] = Value::Null;
+            assert!(!ok(&null), "{name}.{key}: null accepted");
         }
         for (key, p) in props {
             let p = deref(p);

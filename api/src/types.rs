@@ -54,6 +54,12 @@ pub mod dsa_limits {
 }
 use dsa_limits::*;
 
+/// For optional fields: absent means `None`, but an explicit `null` is rejected (the spec
+/// does not declare the fields nullable).
+fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// Checks of values that serde's types cannot express (ranges, string contents).
 pub trait Validate {
     /// `Ok` when every field is within its documented range.
@@ -148,10 +154,18 @@ pub struct BootSource {
     /// Host path of the guest kernel (ELF vmlinux with a PVH note, or bzImage).
     pub kernel_image_path: String,
     /// Host path of an initramfs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub initrd_path: Option<String>,
     /// Kernel command line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_args: Option<String>,
 }
 
@@ -392,10 +406,18 @@ impl LogLevel {
 #[serde(deny_unknown_fields)]
 pub struct LoggerConfig {
     /// New level; unchanged when omitted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub level: Option<LogLevel>,
     /// New destination file (appended to, created if missing); unchanged when omitted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub log_path: Option<String>,
 }
 
@@ -457,6 +479,7 @@ pub struct VmConfig {
     #[serde(
         rename = "machine-config",
         default,
+        deserialize_with = "non_null",
         skip_serializing_if = "Option::is_none"
     )]
     pub machine_config: Option<MachineConfig>,
@@ -471,7 +494,11 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dsa: Vec<DsaEntry>,
     /// As `PUT /logger`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub logger: Option<LoggerConfig>,
 }
 
@@ -573,6 +600,12 @@ mod tests {
         assert!(parse_body::<LoggerConfig>(br#"{}"#).is_err());
         assert!(parse_body::<LoggerConfig>(br#"{"level":"Debug"}"#).is_ok());
         assert!(parse_body::<LoggerConfig>(br#"{"level":"Loud"}"#).is_err());
+        let null = parse_body::<LoggerConfig>(br#"{"level":"Info","log_path":null}"#);
+        assert!(null.unwrap_err().to_string().contains("null"));
+        assert!(
+            parse_body::<BootSource>(br#"{"kernel_image_path":"/k","boot_args":null}"#).is_err()
+        );
+        assert!(parse_config_file(r#"{"logger":null}"#).is_err());
         assert!(parse_body::<Action>(br#"{"action_type":"Pause"}"#).is_ok());
         assert!(parse_body::<Action>(br#"{"action_type":"Explode"}"#).is_err());
     }
