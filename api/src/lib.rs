@@ -9,6 +9,38 @@
 //!
 //! The crate knows nothing of the VMM or the devices: it validates input, hands the VMM
 //! typed requests over a channel plus an eventfd, and turns typed replies into HTTP.
+//!
+//! # Wiring it into a VMM
+//!
+//! ```no_run
+//! use std::sync::mpsc::channel;
+//! use api::{ApiError, ApiReply, ApiRequest, ApiResponse};
+//! use vmm_sys_util::eventfd::EventFd;
+//!
+//! fn handle(req: ApiRequest) -> ApiResponse {
+//!     match req {
+//!         ApiRequest::GetMetrics => Ok(ApiReply::Metrics(api::prometheus_line("up", &[], 1u8))),
+//!         other => Err(ApiError::Conflict(format!("{other:?} is not possible now"))),
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (tx, rx) = channel();
+//! let api_evt = EventFd::new(libc::EFD_NONBLOCK)?;            // register with the event manager
+//! let server = api::start_api_server("/tmp/dsavmm.sock".as_ref(), tx, api_evt.try_clone()?)?;
+//! // In the event-manager subscriber for `api_evt` (EPOLLIN):
+//! let _ = api_evt.read();                                     // reset; EAGAIN is harmless
+//! while let Ok(msg) = rx.try_recv() {                         // one wake-up may cover many
+//!     msg.respond(handle);                                    // never blocks on a vCPU
+//! }
+//! // On exit (also after a `Shutdown` action was answered):
+//! server.stop();                                              // joins the thread, removes the socket
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A `--config-file` is applied through the same handler:
+//! `for r in api::parse_config_file(&text)?.into_requests() { handle(r)?; }`.
 
 pub mod client;
 mod error;

@@ -615,3 +615,28 @@ fn wakeups_reach_the_vmm() {
     assert!(wakeups >= 10, "{wakeups}");
     assert!(!rig.sock.exists());
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let opts = ApiServerOptions {
+        header_read_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let rig = Rig::with(opts);
+    let mut s = UnixStream::connect(&rig.sock).unwrap();
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: the server must let go of the connection after the header timeout.
+    let start = Instant::now();
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}
