@@ -52,6 +52,9 @@ pub struct ApiServerOptions {
     pub reply_timeout: Duration,
     /// Connections served at once; further ones are closed at accept. Default 128.
     pub max_connections: usize,
+    /// On stop, how long requests in flight may take to finish (their answers are still
+    /// written, e.g. the 204 of a `Shutdown` action). Default 2 s.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ApiServerOptions {
@@ -62,6 +65,7 @@ impl Default for ApiServerOptions {
             body_read_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(60),
             max_connections: 128,
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 }
@@ -87,7 +91,9 @@ impl ApiServerHandle {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops the server (open connections are closed), joins its thread, removes the socket.
+    /// Stops the server: no new connections; requests in flight finish (up to
+    /// [`ApiServerOptions::shutdown_grace`]), idle connections close; joins the thread and
+    /// removes the socket.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -192,6 +198,18 @@ impl Drop for TempDirGuard {
 
 fn bind_socket(path: &Path) -> Result<(std::os::unix::net::UnixListener, (u64, u64)), ApiError> {
     let shown = path.display().to_string();
+    // sun_path holds 107 bytes and a NUL; a longer path could be created (by link()) but
+    // no client could connect() to it.
+    const SUN_PATH_MAX: usize = 107;
+    if path.as_os_str().len() > SUN_PATH_MAX {
+        return Err(ApiError::io(
+            format!("API socket path {shown}"),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("longer than the {SUN_PATH_MAX} bytes a UNIX socket address holds"),
+            ),
+        ));
+    }
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ApiError::io(format!("inspecting {shown}"), e)),
@@ -238,6 +256,18 @@ fn bind_socket(path: &Path) -> Result<(std::os::unix::net::UnixListener, (u64, u
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    // If the private path would not fit in sun_path, bind at the target and chmod at once
+    // (the mode is then wider than 0600, within the umask, for the few microseconds in
+    // between).
+    if tmp.as_os_str().len() + 2 > SUN_PATH_MAX {
+        let listener = std::os::unix::net::UnixListener::bind(path)
+            .map_err(|e| ApiError::io(format!("binding API socket {shown}"), e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| ApiError::io("setting the API socket's mode to 0600", e))?;
+        let md = fs::symlink_metadata(path)
+            .map_err(|e| ApiError::io(format!("inspecting {shown}"), e))?;
+        return Ok((listener, (md.dev(), md.ino())));
+    }
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&tmp)
@@ -263,7 +293,9 @@ struct Ctx {
 }
 
 async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: oneshot::Receiver<()>) {
-    let slots = Arc::new(Semaphore::new(ctx.options.max_connections));
+    let max = ctx.options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
@@ -284,6 +316,7 @@ async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: ones
             continue;
         };
         let ctx = ctx.clone();
+        let mut drain = drain_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(|req| handle(ctx.clone(), req));
@@ -291,11 +324,31 @@ async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: ones
                 .timer(TokioTimer::new())
                 .header_read_timeout(ctx.options.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!("API connection ended: {e}");
+            tokio::pin!(conn);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("API connection ended: {e}");
+                        }
+                        break;
+                    }
+                    _ = drain.changed(), if !draining => {
+                        // Finish the request in flight, then close.
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
         });
     }
+    // Stop accepting, let the connections finish what they are doing, then return (which
+    // drops the runtime and with it any connection still open).
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(ctx.options.shutdown_grace, slots.acquire_many(all)).await;
 }
 
 type HttpResponse = Response<Full<Bytes>>;

@@ -640,3 +640,53 @@ fn idle_keep_alive_connections_are_closed() {
         start.elapsed()
     );
 }
+
+#[test]
+fn stop_lets_requests_in_flight_finish() {
+    let opts = ApiServerOptions {
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut rig = Rig::with(opts);
+    // An idle keep-alive connection must not hold up the stop.
+    let _idle = UnixStream::connect(&rig.sock).unwrap();
+    let sock = rig.sock.clone();
+    // The fake VMM answers "slow" after 1.5 s (404: no such device).
+    let slow = std::thread::spawn(move || api_call(&sock, "GET", "/dsa/slow", None));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    if let Some(s) = rig.server.take() {
+        s.stop();
+    }
+    let waited = start.elapsed();
+    let (status, body) = slow.join().unwrap().unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(waited >= Duration::from_millis(800), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    assert!(!rig.sock.exists());
+}
+
+#[test]
+fn long_socket_paths() {
+    // The private bind directory would not fit in sun_path; the target does.
+    let dir = TempDir::new_with_prefix("/tmp/dsavmm-api-test").unwrap();
+    let base = dir.as_path().as_os_str().len();
+    let name = "s".repeat(107 - base - 1);
+    let sock = dir.as_path().join(name);
+    assert_eq!(sock.as_os_str().len(), 107);
+    let (tx, _rx) = channel();
+    let server = start_api_server(&sock, tx, EventFd::new(0).unwrap()).unwrap();
+    let md = std::fs::symlink_metadata(&sock).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    assert_eq!(api_call(&sock, "GET", "/version", None).unwrap().0, 200);
+    server.stop();
+    assert!(!sock.exists());
+    // A path too long for any UNIX socket is a clear error.
+    let sock = dir.as_path().join("x".repeat(120));
+    let (tx, _rx) = channel();
+    let err = start_api_server(&sock, tx, EventFd::new(0).unwrap()).unwrap_err();
+    assert!(
+        err.to_string().contains("longer than the 107 bytes"),
+        "{err}"
+    );
+}
