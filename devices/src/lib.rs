@@ -2,3 +2,4 @@
 //! virtual DSA.
 
 pub mod bus;
+pub mod dsa;

@@ -1,0 +1,1 @@
+//! Engine tests: every opcode with its error cases, against independent references.
