@@ -71,9 +71,8 @@ pub fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     if alen == 0 || blen == 0 {
         return false;
     }
-    let a_end = a.saturating_add(alen);
-    let b_end = b.saturating_add(blen);
-    a < b_end && b < a_end
+    let (a, b) = (u128::from(a), u128::from(b));
+    a < b + u128::from(blen) && b < a + u128::from(alen)
 }
 
 /// Error from a transfer after its ranges were checked: a region vanished under us or
