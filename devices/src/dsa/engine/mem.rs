@@ -7,10 +7,11 @@
 
 use std::cell::RefCell;
 
+use vm_memory::bitmap::{BitmapSlice, BS};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 /// Bounce-buffer chunk for operations that must look at the data (compare, CRC, delta, DIF).
-pub const CHUNK: usize = 16 * 1024;
+pub const CHUNK: usize = 8 * 1024;
 
 /// An access that left guest RAM: the first faulting guest address and the direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +65,25 @@ pub fn check<M: GuestMemory + ?Sized>(
         return Err(fault(done));
     }
     Ok(())
+}
+
+/// The whole range `[addr, addr + len)` as one slice, when it is guest RAM inside a single
+/// region (the common case); `None` otherwise (then use [`check`] to find the fault).
+pub fn single<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: u64,
+    len: u64,
+    write: bool,
+) -> Option<VolatileSlice<'_, BS<'_, M::Bitmap>>> {
+    let count = usize::try_from(len).ok()?;
+    if count == 0 {
+        return None;
+    }
+    let mut it = mem
+        .get_slices(GuestAddress(addr), count, perm(write))
+        .ok()?;
+    let s = it.next()?.ok()?;
+    (s.len() == count).then_some(s)
 }
 
 /// Whether `[a, a + alen)` and `[b, b + blen)` overlap (in guest-physical space).
@@ -177,33 +197,106 @@ pub fn fill<M: GuestMemory + ?Sized>(
         return Ok(());
     }
     let count = usize::try_from(len).map_err(|_| Broken)?;
-    // Pattern buffer: PAT_BUF bytes plus one pattern so any phase can take a full chunk.
-    let mut pat = [0u8; PAT_BUF + 16];
-    let used = (count.min(PAT_BUF) + plen).min(pat.len());
-    for c in pat.get_mut(..used).ok_or(Broken)?.chunks_mut(plen) {
-        let n = c.len();
-        c.copy_from_slice(pattern.get(..n).ok_or(Broken)?);
+    // A pattern of one repeated byte (zeroing above all) is a host memset.
+    if let Some(&b0) = pattern.first() {
+        if pattern.iter().all(|&b| b == b0) {
+            if let Some(s) = single(mem, dst, len, true) {
+                memset_slice(&s, b0);
+                return Ok(());
+            }
+            let it = mem
+                .get_slices(GuestAddress(dst), count, Permissions::Write)
+                .map_err(|_| Broken)?;
+            for s in it {
+                memset_slice(&s.map_err(|_| Broken)?, b0);
+            }
+            return Ok(());
+        }
+    }
+    // Pattern buffer: PAT_BUF bytes plus one pattern so any phase can take a full chunk. It is
+    // cached per thread for the last pattern (fills mostly reuse one pattern, often zero), and
+    // built by doubling (a handful of memcpys) when the pattern changes.
+    PATTERN.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut g) => {
+            let (key, buf) = &mut *g;
+            if key.as_slice() != pattern || buf.len() != PAT_BUF + plen {
+                key.clear();
+                key.extend_from_slice(pattern);
+                build_pattern(buf, pattern, PAT_BUF + plen);
+            }
+            fill_from(mem, dst, count, plen, buf)
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            build_pattern(&mut buf, pattern, PAT_BUF + plen);
+            fill_from(mem, dst, count, plen, &buf)
+        }
+    })
+}
+
+/// Sets every byte of `s` to `byte`.
+fn memset_slice<B: BitmapSlice>(s: &VolatileSlice<'_, B>, byte: u8) {
+    let guard = s.ptr_guard_mut();
+    // SAFETY: `ptr_guard_mut` gives the start of the slice's mmap'd guest memory, valid for
+    // writes of `s.len()` bytes (vm-memory bounds-checked the range when it made the slice, and
+    // the guard keeps the mapping alive). Byte stores need no alignment. This is a plain bulk
+    // write, like vm-memory's own `copy_to_volatile_slice` (`ptr::copy`); the guest racing with
+    // it sees what it would see racing with a DMA engine.
+    unsafe { std::ptr::write_bytes(guard.as_ptr(), byte, s.len()) };
+    s.bitmap().mark_dirty(0, s.len());
+}
+
+fn build_pattern(buf: &mut Vec<u8>, pattern: &[u8], len: usize) {
+    buf.clear();
+    buf.extend_from_slice(pattern);
+    while buf.len() < len {
+        let n = buf.len().min(len - buf.len());
+        buf.extend_from_within(..n);
+    }
+}
+
+fn fill_from<M: GuestMemory + ?Sized>(
+    mem: &M,
+    dst: u64,
+    count: usize,
+    plen: usize,
+    pat: &[u8],
+) -> Result<(), Broken> {
+    if let Some(s) = single(mem, dst, count as u64, true) {
+        return fill_slice(s, 0, plen, pat).map(|_| ());
     }
     let it = mem
         .get_slices(GuestAddress(dst), count, Permissions::Write)
         .map_err(|_| Broken)?;
     let mut done: usize = 0;
     for s in it {
-        let mut s: VolatileSlice<_> = s.map_err(|_| Broken)?;
-        while !s.is_empty() {
-            let phase = done % plen;
-            let n = s.len().min(PAT_BUF).min(used - phase);
-            let (head, tail) = s.split_at(n).map_err(|_| Broken)?;
-            head.copy_from(pat.get(phase..phase + n).ok_or(Broken)?);
-            s = tail;
-            done += n;
-        }
+        done = fill_slice(s.map_err(|_| Broken)?, done, plen, pat)?;
     }
     Ok(())
 }
 
+/// Fills one slice from the pattern buffer; `done` bytes of the whole fill precede it.
+fn fill_slice<B: BitmapSlice>(
+    mut s: VolatileSlice<'_, B>,
+    mut done: usize,
+    plen: usize,
+    pat: &[u8],
+) -> Result<usize, Broken> {
+    let chunk = pat.len().saturating_sub(plen).max(plen);
+    while !s.is_empty() {
+        let phase = done % plen;
+        let n = s.len().min(chunk);
+        let (head, tail) = s.split_at(n).map_err(|_| Broken)?;
+        head.copy_from(pat.get(phase..phase + n).ok_or(Broken)?);
+        s = tail;
+        done += n;
+    }
+    Ok(done)
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static PATTERN: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Runs `f` with a scratch buffer of exactly `len` bytes (`len` is bounded by the callers to a

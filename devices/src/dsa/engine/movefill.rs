@@ -38,6 +38,14 @@ pub fn memmove<M: GuestMemory + ?Sized>(
     if !limits.overlap_copy && mem::overlaps(desc.src, n, desc.dst, n) {
         return Err(OpResult::status(status::OVERLAP_BUFFERS));
     }
+    // Fast path: each buffer inside one region; `copy_to_volatile_slice` is a host memmove.
+    if let (Some(s), Some(d)) = (
+        mem::single(mem, desc.src, n, false),
+        mem::single(mem, desc.dst, n, true),
+    ) {
+        s.copy_to_volatile_slice(d);
+        return Ok(OpResult::success(n));
+    }
     check_ranges(mem, limits, &[(desc.src, n, false), (desc.dst, n, true)])?;
     mem::copy(mem, desc.src, desc.dst, n).map_err(|_| OpResult::broken())?;
     Ok(OpResult::success(n))
@@ -52,7 +60,9 @@ pub fn memfill<M: GuestMemory + ?Sized>(
     limits: &EngineLimits,
 ) -> OpRes {
     let n = check_size(desc, limits)?;
-    check_ranges(mem, limits, &[(desc.dst, n, true)])?;
+    if mem::single(mem, desc.dst, n, true).is_none() {
+        check_ranges(mem, limits, &[(desc.dst, n, true)])?;
+    }
     mem::fill(mem, desc.dst, n, &desc.src.to_le_bytes()).map_err(|_| OpResult::broken())?;
     Ok(OpResult::success(n))
 }
