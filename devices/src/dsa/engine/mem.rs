@@ -3,7 +3,8 @@
 //! Every access goes through `vm-memory` (`GuestMemory::get_slices` and `Bytes`), so an address
 //! outside guest RAM yields a [`Fault`], never a host access. Large transfers move through
 //! `VolatileSlice` copies (host `memmove`) or a bounded scratch buffer; no allocation is sized by a
-//! guest-controlled value beyond [`CHUNK`].
+//! guest-controlled value beyond [`CHUNK`]. The one `unsafe` block is the host `memset` used for
+//! fills with a one-byte pattern (vm-memory offers no safe memset on guest memory).
 
 use std::cell::RefCell;
 

@@ -46,6 +46,10 @@ pub struct EngineLimits {
     pub dest_readback: bool,
     /// DSA 2.0 descriptor features (steering-tag selector flags). VERSION 1.0 device: false.
     pub dsa2: bool,
+    /// Number of valid interrupt handles (the WQ vectors' MSI-X table size when interrupt
+    /// handles are not in use, REFERENCE 0 trap 7). 0 disables the check. With RCI set and
+    /// `int_handle >= int_handles` the descriptor fails with 0x19 and raises nothing.
+    pub int_handles: u16,
     /// Status for an address outside guest RAM. Default 0x03 (page fault, block-on-fault off,
     /// with the fault address and bit 7 for a write); REFERENCE 10.2 also allows 0x22 / 0x20.
     pub fault_status: u8,
@@ -62,6 +66,7 @@ impl Default for EngineLimits {
             drain_readback: false,
             dest_readback: false,
             dsa2: false,
+            int_handles: 0,
             fault_status: status::PAGE_FAULT_NOBOF,
         }
     }
@@ -416,7 +421,7 @@ pub(crate) fn execute_inner<M: GuestMemory + ?Sized>(
             res.cr.status & status::WRITE_FAULT != 0,
         ));
     }
-    if rci {
+    if rci && res.cr.status != status::INT_HANDLE_INVAL {
         out.interrupt = Some(desc.int_handle);
     }
     out
@@ -484,6 +489,14 @@ fn run_op<M: GuestMemory + ?Sized>(
     }
     if reserved_nonzero(desc) {
         return OpResult::status(status::NOZERO_RESERVE);
+    }
+    // uapi `DSA_COMP_INT_HANDLE_INVAL` (0x19): a completion interrupt to a vector that does not
+    // exist.
+    if desc.flags & flags::RCI != 0
+        && limits.int_handles != 0
+        && desc.int_handle >= limits.int_handles
+    {
+        return OpResult::status(status::INT_HANDLE_INVAL);
     }
     let r = match op {
         opcode::NOOP => Ok(OpResult::success(0)),

@@ -53,7 +53,9 @@ pub fn memmove<M: GuestMemory + ?Sized>(
 
 /// MEMFILL (REFERENCE 6.3): the 8-byte pattern is the qword at 0x10 (little-endian, byte 0 at
 /// the destination start: accel-config `dsa_prep_memfill` passes the pattern value as the
-/// source field), destination 0x18.
+/// source field), destination 0x18. A pattern of one repeated byte is a host memset; any other
+/// pattern is copied from a per-thread pattern buffer. The DSA 2.0 16-byte pattern (high half
+/// at 0x28) is not implemented: this is a DSA 1.0 device, and 0x28 is ignored.
 pub fn memfill<M: GuestMemory + ?Sized>(
     mem: &M,
     desc: &Descriptor,

@@ -151,6 +151,23 @@ fn noop_record_and_interrupt() {
 }
 
 #[test]
+fn invalid_interrupt_handle() {
+    let m = gm();
+    let l = EngineLimits {
+        int_handles: 9,
+        ..Default::default()
+    };
+    let o = run_l(&m, D::new(opcode::NOOP, STD | flags::RCI).handle(9), &l);
+    assert_eq!((o.status, o.interrupt), (status::INT_HANDLE_INVAL, None));
+    assert_eq!(cr(&m).status, status::INT_HANDLE_INVAL);
+    let o = run_l(&m, D::new(opcode::NOOP, STD | flags::RCI).handle(8), &l);
+    assert_eq!((o.status, o.interrupt), (status::SUCCESS, Some(8)));
+    // Without RCI the handle is not looked at.
+    let o = run_l(&m, D::new(opcode::NOOP, STD).handle(100), &l);
+    assert_eq!(o.status, status::SUCCESS);
+}
+
+#[test]
 fn no_record_on_success_without_rcr_but_on_error() {
     let m = gm();
     let o = run(&m, D::new(opcode::NOOP, flags::CRAV));
