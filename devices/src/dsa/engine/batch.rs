@@ -11,6 +11,12 @@
 //!   status is 0x05 when any member's status was not success (DML counts false-predicate as a
 //!   failure too), else 0x01;
 //! - BATCH and DRAIN are not allowed inside a batch (member status 0x10, see `run_op`).
+//!
+//! DPDK `drivers/dma/idxd` agrees: `idxd_hw_defs.h` documents `completed_size` as "data length,
+//! or descriptors for batch"; members are submitted with CRAV but without RCR, so a successful
+//! member leaves its record at status 0 ("successful descriptors are not written back
+//! normally", `get_comp_status`); and a batch of one is padded with a fenced NOOP because the
+//! count must be at least 2.
 
 use vm_memory::GuestMemory;
 
