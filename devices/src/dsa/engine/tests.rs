@@ -471,6 +471,55 @@ fn memmove_size_and_fault_errors() {
 }
 
 #[test]
+fn multi_region_memory_and_holes() {
+    // Two adjacent regions, then a hole, then a third region.
+    let m = GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), 0x10000),
+        (GuestAddress(0x10000), 0x10000),
+        (GuestAddress(0x30000), 0x10000),
+    ])
+    .unwrap();
+    let data = bytes(40, 0x3000);
+    put(&m, 0xE000, &data);
+    // Source and destination both straddle the region boundary: the chunked path.
+    let o = run(
+        &m,
+        D::new(opcode::MEMMOVE, STD)
+            .src(0xE000)
+            .dst(0xF800)
+            .size(0x3000),
+    );
+    assert_eq!(o.status, status::SUCCESS);
+    assert_eq!(get(&m, 0xF800, 0x3000), data);
+    // Fill across the boundary.
+    let o = run(
+        &m,
+        D::new(opcode::MEMFILL, STD)
+            .src(0x0102_0304_0506_0708)
+            .dst(0xFFFD)
+            .size(11),
+    );
+    assert_eq!(o.status, status::SUCCESS);
+    assert_eq!(get(&m, 0xFFFD, 11), [8, 7, 6, 5, 4, 3, 2, 1, 8, 7, 6]);
+    // A destination running into the hole faults at the hole's first byte; nothing is written.
+    put(&m, 0x1F000, &[0u8; 0x1000]);
+    let o = run(
+        &m,
+        D::new(opcode::MEMMOVE, STD)
+            .src(0x1000)
+            .dst(0x1F000)
+            .size(0x2000),
+    );
+    assert_eq!(o.status, 0x80 | status::PAGE_FAULT_NOBOF);
+    assert_eq!(cr(&m).fault_addr, 0x20000);
+    assert_eq!(get(&m, 0x1F000, 0x1000), vec![0u8; 0x1000]);
+    // CRC over the boundary equals CRC of the same bytes.
+    put(&m, 0xFF00, &data[..0x200]);
+    run(&m, D::new(opcode::CRCGEN, STD).src(0xFF00).size(0x200));
+    assert_eq!(cr(&m).u32_at(0x10), ISCSI.checksum(&data[..0x200]));
+}
+
+#[test]
 fn record_is_complete_when_status_becomes_visible() {
     // A guest-side poller must never see a non-zero status with the rest of the record stale.
     let m = Arc::new(gm());
