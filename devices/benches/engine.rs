@@ -27,7 +27,7 @@ fn desc(op: u8, src: u64, dst: u64, size: u32) -> Descriptor {
     Descriptor::parse(&raw)
 }
 
-/// Iterations of `f` that take at least ~20 ms.
+/// Iterations of `f` that take at least ~4 ms.
 fn calibrate(f: &mut impl FnMut()) -> u64 {
     let mut iters: u64 = 1;
     loop {
@@ -35,7 +35,7 @@ fn calibrate(f: &mut impl FnMut()) -> u64 {
         for _ in 0..iters {
             f();
         }
-        if t.elapsed() > Duration::from_millis(20) {
+        if t.elapsed() > Duration::from_millis(4) {
             return iters;
         }
         iters *= 2;
@@ -51,11 +51,11 @@ fn once(f: &mut impl FnMut(), iters: u64) -> f64 {
 }
 
 /// Seconds per call of `a` and of `b`, measured in alternation (so both see the same machine
-/// load) and taking the best of 15 rounds each.
+/// load) and taking the best of 61 short rounds each.
 fn pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
     let (ia, ib) = (calibrate(&mut a), calibrate(&mut b));
     let (mut ta, mut tb) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..15 {
+    for _ in 0..61 {
         ta = ta.min(once(&mut a, ia));
         tb = tb.min(once(&mut b, ib));
     }
