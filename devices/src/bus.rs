@@ -66,10 +66,7 @@ impl Bus {
 
     /// Registers `device` for `[base, base + len)`.
     pub fn insert(&self, device: SharedBusDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(BusError::BadRange { base, len })?;
+        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
         // The nearest range at or below `end - 1` is the only one that can overlap.
         if let Some((&b, e)) = ranges.range(..end).next_back() {
@@ -84,19 +81,14 @@ impl Bus {
     /// Removes the range starting at `base` and returns its device.
     pub fn remove(&self, base: u64) -> Result<SharedBusDevice, BusError> {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        ranges
-            .remove(&base)
-            .map(|e| e.device)
-            .ok_or(BusError::NotFound(base))
+        ranges.remove(&base).map(|e| e.device).ok_or(BusError::NotFound(base))
     }
 
     /// Moves the range at `old_base` to `new_base`, keeping its length and device.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
         let entry = {
             let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-            ranges
-                .remove(&old_base)
-                .ok_or(BusError::NotFound(old_base))?
+            ranges.remove(&old_base).ok_or(BusError::NotFound(old_base))?
         };
         let Entry { len, device } = entry;
         if let Err(e) = self.insert(device.clone(), new_base, len) {
@@ -119,9 +111,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((base, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(base, addr - base, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).read(base, addr - base, data);
                 true
             }
             None => false,
@@ -132,9 +122,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((base, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(base, addr - base, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).write(base, addr - base, data);
                 true
             }
             None => false,
@@ -179,24 +167,12 @@ mod tests {
         let bus = Bus::new();
         let d = Arc::new(Mutex::new(Recorder::default()));
         bus.insert(d.clone(), 0x1000, 0x100).unwrap();
-        assert!(matches!(
-            bus.insert(d.clone(), 0x10ff, 1),
-            Err(BusError::Overlap { .. })
-        ));
-        assert!(matches!(
-            bus.insert(d.clone(), 0xf00, 0x101),
-            Err(BusError::Overlap { .. })
-        ));
+        assert!(matches!(bus.insert(d.clone(), 0x10ff, 1), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(d.clone(), 0xf00, 0x101), Err(BusError::Overlap { .. })));
         assert!(bus.insert(d.clone(), 0xf00, 0x100).is_ok());
         assert!(bus.insert(d.clone(), 0x1100, 0x10).is_ok());
-        assert!(matches!(
-            bus.insert(d.clone(), 0, 0),
-            Err(BusError::BadRange { .. })
-        ));
-        assert!(matches!(
-            bus.insert(d, u64::MAX, 2),
-            Err(BusError::BadRange { .. })
-        ));
+        assert!(matches!(bus.insert(d.clone(), 0, 0), Err(BusError::BadRange { .. })));
+        assert!(matches!(bus.insert(d, u64::MAX, 2), Err(BusError::BadRange { .. })));
     }
 
     #[test]
