@@ -316,6 +316,7 @@ impl Controller {
     fn action(&mut self, a: Action) -> ApiResponse {
         match a.action_type {
             ActionType::InstanceStart => {
+                self.require_not_started("InstanceStart")?;
                 self.start().map_err(|e| match e {
                     VmError::Boot(_) | VmError::Config(_) | VmError::SerialFile(..) => {
                         ApiError::BadRequest(e.to_string())
