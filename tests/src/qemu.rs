@@ -25,7 +25,8 @@ pub struct PatchedQemu {
 /// Runs `resources/qemu/build.sh`, which honours `DSAVMM_QEMU_CACHE` (a prebuilt cache directory; the
 /// script returns at once when it is complete) and otherwise builds into `$DSAVMM_CACHE/qemu-<key>`
 /// (about 6 to 20 minutes on 2 cores; needs root or the build dependencies). `Err` (layer `Build`)
-/// says why it is not available.
+/// says why it is not available. `DSAVMM_RIG_PATCHED_QEMU=0` makes it `Err` without building (to
+/// test what happens on stock QEMU).
 pub fn patched_qemu() -> Result<PatchedQemu, RigError> {
     static QEMU: OnceLock<Result<PatchedQemu, String>> = OnceLock::new();
     QEMU.get_or_init(build)
@@ -34,6 +35,9 @@ pub fn patched_qemu() -> Result<PatchedQemu, RigError> {
 }
 
 fn build() -> Result<PatchedQemu, String> {
+    if std::env::var("DSAVMM_RIG_PATCHED_QEMU").as_deref() == Ok("0") {
+        return Err("DSAVMM_RIG_PATCHED_QEMU=0 (patched QEMU switched off)".to_string());
+    }
     let script = workspace_root().join("resources/qemu/build.sh");
     let out = Command::new("bash")
         .arg(&script)
