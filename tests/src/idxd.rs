@@ -71,6 +71,19 @@ pub struct IdxdReport {
     pub verdict: Option<bool>,
     /// Lines anywhere on the L2 console that look like a kernel oops, BUG or warning.
     pub oops: Vec<String>,
+    /// Interrupts of the WQ's vector (`idxd-portal` in /proc/interrupts, all CPUs) after the dmatest
+    /// cases, when printed.
+    pub portal_irqs: Option<u64>,
+}
+
+/// Sum the per-CPU counts of a /proc/interrupts line (`27:  526  0  PCI-MSIX-... idxd-portal`).
+fn irq_count(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once(':')?;
+    let counts: Vec<u64> = rest
+        .split_whitespace()
+        .map_while(|w| w.parse::<u64>().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
 /// Markers of a kernel oops, BUG, WARN or panic on the console.
@@ -163,6 +176,12 @@ impl IdxdReport {
                 });
             } else if let Some(rest) = m.strip_prefix("IDXD-DMESG ") {
                 r.dmesg.push(rest.to_string());
+            } else if let Some(rest) = m.strip_prefix("IDXD-INFO irq ") {
+                if rest.contains("idxd-portal") {
+                    if let Some(n) = irq_count(rest) {
+                        r.portal_irqs = Some(r.portal_irqs.unwrap_or(0) + n);
+                    }
+                }
             } else if let Some(rest) = m.strip_prefix("IDXD-LIST ") {
                 r.list.push(rest.to_string());
             } else if let Some(rest) = m.strip_prefix("IDXD-VERDICT ") {
@@ -227,6 +246,8 @@ mod tests {
         "IDXD-DMATEST case=t1-4k threads=1 buf=4096 iters=200 polled=0 norandom=0 | [    5.1] dmatest: \
          dma0chan0-copy0: summary 200 tests, 0 failures 512.33 iops 1024 KB/s (0)",
         "IDXD-STEP dmatest:t1-4k OK uptime=6.00 threads=1",
+        "IDXD-INFO irq  26:          0          2  PCI-MSIX-0000:00:01.0   0-edge      idxd-misc",
+        "IDXD-INFO irq  27:        526          3  PCI-MSIX-0000:00:01.0   1-edge      idxd-portal",
         "IDXD-STEP disable-wq FAIL uptime=7.00 (accel-config disable-wq dsa0/wq0.0 exited 1)",
         "[    8.0] BUG: kernel NULL pointer dereference, address: 0000000000000000",
         "noise IDXD-VERDICT FAIL steps= disable-wq",
@@ -251,6 +272,7 @@ mod tests {
         assert_eq!(r.verdict, Some(false));
         assert_eq!(r.oops.len(), 1);
         assert!(r.idxd_errors().is_empty());
+        assert_eq!(r.portal_irqs, Some(529));
     }
 
     #[test]

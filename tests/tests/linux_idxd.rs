@@ -345,6 +345,23 @@ fn dmatest_runs_with_zero_failures() {
                 );
             }
         }
+        // Completions arrive by interrupt on the WQ's MSI-X vector (several may share one).
+        let total: u64 = s
+            .report
+            .dmatest
+            .iter()
+            .filter(|d| d.case != "after-reenable")
+            .map(|d| d.tests)
+            .sum();
+        eprintln!(
+            "run {}: {total} dmatest descriptors, {:?} interrupts on the WQ vector before the re-enable",
+            s.run, s.report.portal_irqs
+        );
+        assert!(
+            s.report.portal_irqs.is_some_and(|n| n > 0),
+            "run {}: no interrupt on the WQ's vector (idxd-portal) after dmatest",
+            s.run
+        );
         expect_steps(&s, &["dmatest-unload"]);
         if let Some(l) = s
             .report
