@@ -5,6 +5,7 @@
 #   RIG-L1-INIT uptime=<s>                 user space reached
 #   RIG-MODULE-FAIL <module>               insmod failed (followed by L1-KMSG: lines)
 #   RIG-KVM-MISSING                        modules loaded but no /dev/kvm
+#   RIG-L1-CPU movdir64b=yes|no            whether L1's CPU (QEMU's TCG) executes MOVDIR64B (cpuinfo flag)
 #   RIG-L1-READY uptime=<s>                /dev/kvm is there
 #   RIG-DSAVMM-START <i> uptime=<s>        run <i> starts; its stdout (the L2 console) follows untagged
 #   RIG-E: <line>                          a line the command wrote to stderr (dsavmm's log)
@@ -44,6 +45,8 @@ fi
 kmsg | grep -E 'kvm|SVM|svm' 
 # Keep the kernel quiet on the console while the runs own it; its log is printed after each run.
 dmesg -n 1
+if grep -q '^flags.* movdir64b' /proc/cpuinfo; then movdir=yes; else movdir=no; fi
+echo "RIG-L1-CPU movdir64b=$movdir"
 echo "RIG-L1-READY uptime=$(up)"
 
 exec 3>&1

@@ -16,7 +16,8 @@
 #   --with-qemu                         also put QEMU into L1 as /bin/qemu-system-x86_64 (a reference VMM
 #                                       for L1's KVM; firmware under /rig/qemu-fw)
 # Environment: DSAVMM_CACHE (cache dir), DSAVMM_RIG_QEMU (use this qemu-system-x86_64 for L1 instead of
-# Debian's, e.g. one whose TCG executes MOVDIR64B), DSAVMM_RIG_TSC_KHZ (host TSC kHz, else from dmesg or
+# Debian's, e.g. one whose TCG executes MOVDIR64B), DSAVMM_RIG_QEMU_FW (its firmware dir for -L instead of
+# Debian's qemu-system-data), DSAVMM_RIG_TSC_KHZ (host TSC kHz, else from dmesg or
 # /proc/cpuinfo).
 # `build` prints: QEMU (the binary), QEMU_ENV=<NAME=VALUE> once per environment variable QEMU needs,
 # L1_KERNEL, L1_INITRAMFS, then QEMU_ARG=<arg> once per argument of the QEMU command line (in order).
@@ -48,6 +49,11 @@ qemu_setup() {
         # Another qemu-system-x86_64 (e.g. a build with MOVDIR64B in TCG); Debian's firmware stays.
         [[ -x "$DSAVMM_RIG_QEMU" ]] || die "DSAVMM_RIG_QEMU=$DSAVMM_RIG_QEMU is not executable"
         QEMU_BIN="$DSAVMM_RIG_QEMU"
+    fi
+    if [[ -n "${DSAVMM_RIG_QEMU_FW:-}" ]]; then
+        [[ -f "$DSAVMM_RIG_QEMU_FW/bios-microvm.bin" ]] \
+            || die "DSAVMM_RIG_QEMU_FW=$DSAVMM_RIG_QEMU_FW has no bios-microvm.bin"
+        QEMU_FW="$DSAVMM_RIG_QEMU_FW"
     fi
     if [[ -f "$QEMU_LIBDIR/.done" ]]; then
         return 0

@@ -54,6 +54,61 @@ pub(crate) fn key_values(stdout: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The idxd guest: Debian's unmodified idxd driver, accel-config 3.5.3 and an out-of-tree dmatest.ko
+/// (`resources/guests/linux/init-idxd.sh`; its protocol is parsed by [`crate::IdxdReport`]).
+#[derive(Debug, Clone)]
+pub struct IdxdGuest {
+    /// The ELF vmlinux (the same as [`LinuxGuest::vmlinux`]).
+    pub vmlinux: PathBuf,
+    /// The idxd initramfs.
+    pub initramfs: PathBuf,
+}
+
+impl IdxdGuest {
+    /// Build (or find in the cache) the idxd guest (`build.sh idxd`); once per process.
+    pub fn get() -> Result<IdxdGuest, RigError> {
+        static GUEST: OnceLock<Result<IdxdGuest, String>> = OnceLock::new();
+        GUEST
+            .get_or_init(|| {
+                let kv = run_build_script(&["idxd"])?;
+                Ok(IdxdGuest {
+                    vmlinux: existing(&kv, "VMLINUX")?,
+                    initramfs: existing(&kv, "IDXD_INITRAMFS")?,
+                })
+            })
+            .clone()
+            .map_err(|m| RigError::new(Layer::Build, m, Vec::new()))
+    }
+}
+
+fn existing(kv: &[(String, String)], k: &str) -> Result<PathBuf, String> {
+    kv.iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| PathBuf::from(v))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| format!("resources/guests/linux/build.sh printed no existing {k}"))
+}
+
+/// Run `resources/guests/linux/build.sh ARGS` and return its `KEY=VALUE` lines.
+fn run_build_script(args: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let script = workspace_root().join("resources/guests/linux/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} failed ({}): {}",
+            script.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(key_values(&String::from_utf8_lossy(&out.stdout)))
+}
+
 fn build() -> Result<LinuxGuest, String> {
     let script = workspace_root().join("resources/guests/linux/build.sh");
     let out = Command::new("bash")

@@ -27,12 +27,16 @@
 
 pub mod env;
 pub mod guest;
+pub mod idxd;
 pub mod parse;
+pub mod qemu;
 pub mod rig;
 
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
-pub use guest::{LinuxGuest, L2_CMDLINE, L2_MARKER};
+pub use guest::{IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
+pub use idxd::{Dmatest, IdxdReport, Step, StepStatus};
 pub use parse::{Layer, Line, RunOutcome};
+pub use qemu::{patched_qemu, PatchedQemu};
 pub use rig::{Mode, NestedVm, RigOutput, Run};
 
 /// A rig failure: the layer that failed, what happened, and that layer's last output lines.

@@ -196,6 +196,23 @@ impl RigOutput {
         p.last_lines(layers, run, n)
     }
 
+    /// Whether the CPU dsavmm ran on executes MOVDIR64B: nested, L1's `RIG-L1-CPU movdir64b=yes|no`
+    /// line; direct, the host's /proc/cpuinfo. `None` when unknown (an older L1 /init).
+    pub fn host_movdir64b(&self) -> Option<bool> {
+        match self.mode {
+            Mode::Direct => std::fs::read_to_string("/proc/cpuinfo").ok().map(|c| {
+                c.lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "movdir64b"))
+            }),
+            _ => self.lines.iter().filter(|l| l.run.is_none()).find_map(|l| {
+                let pos = l.text.find("RIG-L1-CPU movdir64b=")?;
+                let v = l.text.get(pos + "RIG-L1-CPU movdir64b=".len()..)?;
+                Some(v.trim_start().starts_with("yes"))
+            }),
+        }
+    }
+
     /// The whole transcript, one tagged line per line.
     pub fn transcript(&self) -> String {
         transcript(&self.lines)
@@ -226,6 +243,7 @@ pub struct NestedVm {
     expect_exit: Option<i32>,
     mode: Mode,
     qemu: Option<PathBuf>,
+    qemu_firmware: Option<PathBuf>,
 }
 
 impl Default for NestedVm {
@@ -254,6 +272,7 @@ impl NestedVm {
             expect_exit: Some(0),
             mode: Mode::Auto,
             qemu: None,
+            qemu_firmware: None,
         }
     }
 
@@ -303,6 +322,18 @@ impl NestedVm {
     pub fn qemu_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.qemu = Some(path.into());
         self
+    }
+
+    /// The firmware directory (`-L`) for L1's QEMU instead of Debian's qemu-system-data; the
+    /// environment variable `DSAVMM_RIG_QEMU_FW` does the same for every rig.
+    pub fn qemu_firmware(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.qemu_firmware = Some(dir.into());
+        self
+    }
+
+    /// Run L1 on the MOVDIR64B-capable QEMU (see [`crate::patched_qemu`]): its binary and firmware.
+    pub fn patched_qemu(self, q: &crate::PatchedQemu) -> Self {
+        self.qemu_binary(&q.binary).qemu_firmware(&q.firmware)
     }
 
     /// Nested, direct, or auto.
@@ -390,6 +421,9 @@ impl NestedVm {
         build.arg(&script).args(&args).stdin(Stdio::null());
         if let Some(q) = &self.qemu {
             build.env("DSAVMM_RIG_QEMU", q);
+        }
+        if let Some(fw) = &self.qemu_firmware {
+            build.env("DSAVMM_RIG_QEMU_FW", fw);
         }
         let built = build.output().map_err(|e| {
             RigError::new(
