@@ -40,6 +40,53 @@ const RUNS: [(u32, &str); 2] = [
     (1, "backend=software,wqs=1,engines=1,groups=1,wq-size=32"),
 ];
 
+/// The run that is driven through the REST API: dsavmm serves `--api-sock` in L1, and once the
+/// guest has halted `dsavmm remote` reads the vDSA's counters (printed between the markers below)
+/// and shuts the VMM down.
+const API_RUN: usize = 0;
+const API_DSA_BEGIN: &str = "RIG-API-DSA-BEGIN";
+const API_DSA_END: &str = "RIG-API-DSA-END";
+
+/// A shell line for L1's /init that runs `dsavmm --api-sock S ARGS...`, waits for the guest to
+/// halt (or dsavmm to die), prints `GET /dsa/0` between markers, then sends `Shutdown`; its exit
+/// status is dsavmm's.
+fn api_run(args: &[&str]) -> Run {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let script = format!(
+        "S=/tmp/dsavmm-api.sock; dsavmm --api-sock $S {} & p=$!; \
+         while kill -0 $p 2>/dev/null && ! dsavmm remote --api-sock $S info 2>/dev/null | grep -q Halted; \
+         do sleep 1; done; \
+         echo {API_DSA_BEGIN}; dsavmm remote --api-sock $S dsa 0; echo; echo {API_DSA_END}; \
+         dsavmm remote --api-sock $S shutdown; wait $p",
+        quoted.join(" ")
+    );
+    Run::command("sh", ["-c".to_string(), script])
+}
+
+/// The vDSA counters `GET /dsa/0` returned in the API run.
+fn api_counters(out: &RigOutput) -> Result<serde_json::Value, String> {
+    let lines: Vec<&str> = out
+        .lines_of(API_RUN, Layer::L2)
+        .chain(out.lines_of(API_RUN, Layer::Dsavmm))
+        .map(|l| l.text.as_str())
+        .collect();
+    let begin = lines
+        .iter()
+        .position(|l| l.contains(API_DSA_BEGIN))
+        .ok_or("no GET /dsa/0 output in the API run")?;
+    let end = lines[begin..]
+        .iter()
+        .position(|l| l.contains(API_DSA_END))
+        .ok_or("GET /dsa/0 output not terminated")?;
+    let text: String = lines[begin + 1..begin + end].concat();
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("GET /dsa/0 is not JSON ({e}): {text}"))?;
+    Ok(v["counters"].clone())
+}
+
 /// The idxd runs' results, shared by the tests.
 struct Shared {
     out: RigOutput,
@@ -110,9 +157,10 @@ fn shared() -> &'static Result<Shared, String> {
         let cmdline = format!("{L2_CMDLINE} rig.dmatest={dmatest}");
         let runs: Vec<Run> = RUNS
             .iter()
-            .map(|(vcpus, dsa)| {
+            .enumerate()
+            .map(|(i, (vcpus, dsa))| {
                 let vcpus = vcpus.to_string();
-                Run::dsavmm([
+                let args = [
                     "run",
                     "--kernel",
                     "/l2/vmlinux",
@@ -130,7 +178,12 @@ fn shared() -> &'static Result<Shared, String> {
                     dsa,
                     "--movdir64b",
                     movdir,
-                ])
+                ];
+                if i == API_RUN {
+                    api_run(&args)
+                } else {
+                    Run::dsavmm(args)
+                }
             })
             .collect();
         let out = vm.run_all(&runs).map_err(|e| e.to_string())?;
@@ -418,5 +471,56 @@ fn disable_and_reenable_without_oops() {
             "dsavmm did not exit 0 after the guest powered off\n{}",
             tail(&s, 30)
         );
+    }
+}
+
+/// The vDSA's own counters, read through the REST API after the guest halted, agree with what
+/// dmatest did: one MEMMOVE per dmatest test, all successful, with interrupts, and nothing dropped.
+#[test]
+fn vdsa_counters_through_the_api_match_dmatest() {
+    let shared = get();
+    if shared.datapath.is_err() {
+        eprintln!("skipped: dmatest did not run (see dmatest_runs_with_zero_failures)");
+        return;
+    }
+    let counters = match api_counters(&shared.out) {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "{e}\n{}",
+            shared
+                .out
+                .last_lines(&[Layer::L2, Layer::Dsavmm], Some(API_RUN), 30)
+                .join("\n")
+        ),
+    };
+    let report = &shared.reports[API_RUN];
+    let tests: u64 = report.dmatest.iter().map(|d| d.tests).sum();
+    assert!(tests > 0, "dmatest ran no test");
+    let memmove = counters["by_opcode"]["memmove"].as_u64().unwrap_or(0);
+    eprintln!("API run: dmatest tests {tests}, vDSA counters {counters}");
+    assert_eq!(
+        memmove, tests,
+        "vDSA MEMMOVE count vs dmatest tests: {counters}"
+    );
+    let ok = counters["completion_status"]["0x01"].as_u64().unwrap_or(0);
+    assert!(
+        ok >= memmove,
+        "fewer successful completions than copies: {counters}"
+    );
+    assert!(
+        counters["completion_interrupts"].as_u64().unwrap_or(0) > 0,
+        "{counters}"
+    );
+    assert!(
+        counters["bytes"].as_u64().unwrap_or(0) >= tests,
+        "{counters}"
+    );
+    for zero in [
+        "dropped_portal_writes",
+        "bad_portal_writes",
+        "wq_full_drops",
+        "software_errors",
+    ] {
+        assert_eq!(counters[zero].as_u64(), Some(0), "{zero}: {counters}");
     }
 }

@@ -20,7 +20,9 @@ struct Sample {
 
 /// Runs `cmd`, timing the first stdout line and the exit; peak RSS from wait4's rusage.
 fn measure(mut cmd: Command) -> Option<Sample> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
     let start = Instant::now();
     let mut child = cmd.spawn().ok()?;
     let stdout = child.stdout.take()?;
@@ -116,10 +118,18 @@ fn main() {
     let (mut d, mut q) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut c = Command::new(dsavmm);
-        c.args(["--log-level", "info", "run", "--memory", "64", "--movdir64b", "off"])
-            .arg("--kernel")
-            .arg(&elf)
-            .args(["--cmdline", cmdline]);
+        c.args([
+            "--log-level",
+            "info",
+            "run",
+            "--memory",
+            "64",
+            "--movdir64b",
+            "off",
+        ])
+        .arg("--kernel")
+        .arg(&elf)
+        .args(["--cmdline", cmdline]);
         if let Some(s) = measure(c) {
             d.push(s);
         }
@@ -129,9 +139,22 @@ fn main() {
                 .arg("-L")
                 .arg(fw)
                 .args([
-                    "-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities", "-m",
-                    "64", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-                    "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel",
+                    "-M",
+                    "microvm",
+                    "-accel",
+                    "kvm",
+                    "-cpu",
+                    "host,-arch-capabilities",
+                    "-m",
+                    "64",
+                    "-nographic",
+                    "-no-reboot",
+                    "-nodefaults",
+                    "-serial",
+                    "stdio",
+                    "-device",
+                    "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                    "-kernel",
                 ])
                 .arg(&elf)
                 .args(["-append", cmdline]);
@@ -159,7 +182,11 @@ fn main() {
          VMM overhead (peak RSS - guest RAM touched) {} KiB",
         ms(d_first),
         ms(d_exit),
-        if overhead.is_empty() { 0 } else { median(overhead) }
+        if overhead.is_empty() {
+            0
+        } else {
+            median(overhead)
+        }
     );
     if !q.is_empty() {
         let q_first = median(q.iter().map(|s| s.first_line).collect());
