@@ -61,8 +61,15 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v[v.len() / 2]
 }
 
+/// QEMU 7.2 from the rig's cache: binary, environment, firmware directory.
+struct Qemu {
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    fw: PathBuf,
+}
+
 /// QEMU 7.2 and its firmware directory from the rig's cache (`resources/rig/rig.sh fetch`).
-fn qemu() -> Option<(PathBuf, Vec<(String, String)>, PathBuf)> {
+fn qemu() -> Option<Qemu> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new("bash")
         .arg(repo.join("resources/rig/rig.sh"))
@@ -90,7 +97,7 @@ fn qemu() -> Option<(PathBuf, Vec<(String, String)>, PathBuf)> {
         .filter_map(Result::ok)
         .map(|e| e.path().join("usr/share/qemu"))
         .find(|p| p.join("bios-microvm.bin").exists())?;
-    Some((bin?, env, fw))
+    Some(Qemu { bin: bin?, env, fw })
 }
 
 fn main() {
@@ -133,7 +140,7 @@ fn main() {
         if let Some(s) = measure(c) {
             d.push(s);
         }
-        if let Some((bin, env, fw)) = &qemu {
+        if let Some(Qemu { bin, env, fw }) = &qemu {
             let mut c = Command::new(bin);
             c.envs(env.iter().map(|(k, v)| (k, v)))
                 .arg("-L")
