@@ -107,7 +107,7 @@ if [ "${SCHEMATHESIS_SKIP_ACTIONS:-0}" = 1 ]; then
     EXTRA+=(--exclude-path /actions)
 fi
 
-"$VENV/bin/schemathesis" run "$BASE/openapi.json" \
+"$VENV/bin/schemathesis" --config-file "$REPO/api/schemathesis.toml" run "$BASE/openapi.json" \
     --url "$BASE" \
     --phases examples,coverage,fuzzing \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,unsupported_method,allow_header_conformance \

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -391,6 +391,11 @@ async fn dispatch(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Api
     }
 }
 
+/// Most bytes of an oversized body read and thrown away before the 413 goes out. A client that
+/// is still sending when the server closes the connection gets a reset instead of the 413, so a
+/// moderately oversized body is drained first; anything larger is cut off.
+const OVERSIZE_DRAIN_MAX: u64 = 1 << 20;
+
 async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = ctx.options.body_limit;
     let declared = req
@@ -398,22 +403,39 @@ async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, ApiError>
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > OVERSIZE_DRAIN_MAX) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(ctx.options.body_read_timeout, collect).await {
+    let mut body = req.into_body();
+    let read = async {
+        let mut buf = Vec::new();
+        let mut seen: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::BadRequest(format!("failed to read the request body: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            seen += data.len() as u64;
+            if seen > OVERSIZE_DRAIN_MAX {
+                break;
+            }
+            if seen <= limit as u64 {
+                buf.extend_from_slice(&data);
+            }
+        }
+        if seen > limit as u64 {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(ctx.options.body_read_timeout, read).await {
         Err(_) => Err(ApiError::RequestTimeout(format!(
             "the request body did not arrive within {} s",
             ctx.options.body_read_timeout.as_secs_f64()
         ))),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
-            "failed to read the request body: {e}"
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(r) => r,
     }
 }
 
