@@ -30,7 +30,7 @@ fn expect_pass(args: &[&str]) -> String {
         "{args:?}: {summary}\n{stdout}"
     );
     assert_eq!(out.status.code(), Some(0), "{args:?}\n{stdout}\n{stderr}");
-    for l in stdout.lines().filter(|l| l.contains(": FAIL")) {
+    if let Some(l) = stdout.lines().find(|l| l.contains(": FAIL")) {
         panic!("{args:?}: {l}");
     }
     summary
