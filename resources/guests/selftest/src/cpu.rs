@@ -41,6 +41,17 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// Reads a 32-bit word from an I/O port.
+#[inline]
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
 /// Reads a model-specific register.
 #[inline]
 pub fn rdmsr(msr: u32) -> u64 {

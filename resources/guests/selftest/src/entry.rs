@@ -37,6 +37,14 @@ pub const TIMER_VECTOR: u8 = 0x40;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Size of one exception stub (they are laid out every 16 bytes).
 pub const EXC_STUB_SIZE: u64 = 16;
+/// First vector of the counting interrupt stubs (device MSI-X vectors, the AP wake IPI).
+pub const IRQ_FIRST_VECTOR: u8 = 0x50;
+/// Number of counting interrupt stubs (vectors `IRQ_FIRST_VECTOR..IRQ_FIRST_VECTOR + n`).
+pub const IRQ_STUBS: usize = 80;
+/// Size of one counting interrupt stub.
+pub const IRQ_STUB_SIZE: u64 = 16;
+/// Bytes of DMA buffer memory (`selftest_dma`, 4 KiB aligned, not cleared, not loaded).
+pub const DMA_SIZE: usize = 1 << 20;
 
 global_asm!(
     r#"
@@ -44,6 +52,8 @@ global_asm!(
     .set AP_STACK_SIZE, {ap_stack}
     .set MAX_CPUS, {max_cpus}
     .set AP_TRAMP, {ap_tramp}
+    .set IRQ_STUBS, {irq_stubs}
+    .set DMA_SIZE, {dma_size}
 
     /* ---------------------------------------------------------------- */
     /* PVH note: XEN_ELFNOTE_PHYS32_ENTRY (18), 8-byte descriptor as     */
@@ -116,6 +126,10 @@ selftest_ap_next:
     .globl selftest_timer_ticks
 selftest_timer_ticks:
     .quad 0
+    .balign 8
+    .globl selftest_irq_counts
+selftest_irq_counts:
+    .fill IRQ_STUBS, 8, 0
 
     /* ---------------------------------------------------------------- */
     .section .stack, "aw", @nobits
@@ -126,6 +140,10 @@ selftest_bsp_stack_top:
     .globl selftest_ap_stacks
 selftest_ap_stacks:
     .skip AP_STACK_SIZE * (MAX_CPUS - 1)
+    .balign 4096
+    .globl selftest_dma
+selftest_dma:
+    .skip DMA_SIZE
 
     /* ---------------------------------------------------------------- */
     /* 32-bit: enable PAE+SSE, load CR3, set EFER.LME, enable paging and  */
@@ -342,11 +360,32 @@ selftest_timer_isr:
 selftest_spurious_isr:
     iretq
 
+    /* Counting stubs: vector IRQ_FIRST + i increments selftest_irq_counts[i] */
+    /* and EOIs (device MSI-X completions, the AP wake IPI).                 */
+    .balign 16
+    .globl selftest_irq_stubs
+selftest_irq_stubs:
+    .set __st_irq_i, 0
+    .rept IRQ_STUBS
+    .balign 16
+    lock incq selftest_irq_counts + 8 * __st_irq_i(%rip)
+    jmp selftest_irq_common
+    .set __st_irq_i, __st_irq_i + 1
+    .endr
+selftest_irq_common:
+    pushq %rax
+    movabsq $0xfee000b0, %rax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
     .text
 "#,
     bsp_stack = const BSP_STACK_SIZE,
     ap_stack = const AP_STACK_SIZE,
     max_cpus = const MAX_CPUS,
+    irq_stubs = const IRQ_STUBS,
+    dma_size = const DMA_SIZE,
     ap_tramp = const AP_TRAMPOLINE,
     linux64 = const BOOT_LINUX64,
     pvh = const BOOT_PVH,
@@ -366,6 +405,12 @@ extern "C" {
     pub static selftest_spurious_isr: u8;
     /// Timer interrupt count, incremented by `selftest_timer_isr`.
     pub static selftest_timer_ticks: core::sync::atomic::AtomicU64;
+    /// Start of the counting interrupt stubs, [`IRQ_STUB_SIZE`] bytes apart.
+    pub static selftest_irq_stubs: u8;
+    /// Interrupt counts of the counting stubs, one per vector from [`IRQ_FIRST_VECTOR`].
+    pub static selftest_irq_counts: [core::sync::atomic::AtomicU64; IRQ_STUBS];
+    /// DMA buffer memory ([`DMA_SIZE`] bytes, identity mapped, contents undefined at boot).
+    pub static selftest_dma: u8;
     /// The page directory used as a window onto RAM above 4 GiB.
     pub static selftest_pd_window: u8;
     /// First byte of the loaded image.
