@@ -4,7 +4,7 @@
 use core::mem::MaybeUninit;
 
 /// Capacity of a [`Line`] in bytes; longer text is truncated.
-pub const LINE_CAP: usize = 1536;
+pub const LINE_CAP: usize = 320;
 
 /// A line of ASCII text being built. The buffer is not zeroed on creation
 /// (clearing it costs a memory write per byte in this KVM's emulator).
