@@ -355,7 +355,8 @@ impl Dsa {
         if !is64_0 || !is64_2 {
             return Err(err("BAR0/BAR2 not 64-bit memory BARs (section 1.3)"));
         }
-        if s0 < 0x4000 || s0 > 0x8_0000 || s2 < 0x4000 || s2 > 0x8_0000 {
+        let ok = 0x4000..=0x8_0000;
+        if !ok.contains(&s0) || !ok.contains(&s2) {
             let mut l = Line::new();
             l.s("BAR sizes ").hex(s0).s("/").hex(s2).s(" out of range");
             return Err(l);
@@ -528,7 +529,10 @@ impl Dsa {
         self.num_groups = (self.grpcap & 0xff) as u32;
         self.num_engines = (self.engcap & 0xff) as u32;
         if self.num_wqs == 0 || self.num_wqs > 8 {
-            return Err(err_hex("WQCAP.num_wqs unsupported here:", u64::from(self.num_wqs)));
+            return Err(err_hex(
+                "WQCAP.num_wqs unsupported here:",
+                u64::from(self.num_wqs),
+            ));
         }
         if self.num_groups == 0 || self.num_engines == 0 || self.num_groups > 4 {
             return Err(err("GRPCAP/ENGCAP: no groups or engines"));
@@ -540,7 +544,9 @@ impl Dsa {
             return Err(err("GENCAP.evl_support = 0 (trap 1)"));
         }
         if (self.gencap >> 16) & 0x1f < 21 || (self.gencap >> 21) & 0xf < 5 {
-            return Err(err("GENCAP max transfer < 2 MiB or max batch < 32 (trap 11)"));
+            return Err(err(
+                "GENCAP max transfer < 2 MiB or max batch < 32 (trap 11)",
+            ));
         }
         if u32::from(self.msix_entries) < self.num_wqs + 1 {
             return Err(err("MSI-X table smaller than num_wqs + 1 (trap 6)"));
@@ -694,7 +700,10 @@ impl Dsa {
         }
         self.cmd_ok(CMD_ENABLE_DEVICE, 0, &[0, 0x10])?;
         if self.r32(GENSTS) & 3 != 1 {
-            return Err(err_hex("GENSTS after ENABLE_DEVICE", u64::from(self.r32(GENSTS))));
+            return Err(err_hex(
+                "GENSTS after ENABLE_DEVICE",
+                u64::from(self.r32(GENSTS)),
+            ));
         }
         Ok(())
     }
@@ -708,7 +717,10 @@ impl Dsa {
         let d6 = self.r32(self.wq_reg(wq, 6));
         if d6 >> 30 != 1 {
             let mut l = Line::new();
-            l.s("WQ ").dec(u64::from(wq)).s(" WQCFG dword 6 ").hex(u64::from(d6));
+            l.s("WQ ")
+                .dec(u64::from(wq))
+                .s(" WQCFG dword 6 ")
+                .hex(u64::from(d6));
             l.s(" not enabled");
             return Err(l);
         }

@@ -138,7 +138,11 @@ fn crc32c(seed: u32, a: u64, len: u64) -> u32 {
     for i in 0..len {
         c ^= u32::from(rd8(a + i));
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -150,7 +154,11 @@ fn crc16_t10(a: u64, len: u64) -> u16 {
     for i in 0..len {
         c ^= u16::from(rd8(a + i)) << 8;
         for _ in 0..8 {
-            c = if c & 0x8000 != 0 { (c << 1) ^ 0x8BB7 } else { c << 1 };
+            c = if c & 0x8000 != 0 {
+                (c << 1) ^ 0x8BB7
+            } else {
+                c << 1
+            };
         }
     }
     c
@@ -423,7 +431,12 @@ pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) {
     for (i, &(dev, func)) in found.iter().take(n).enumerate() {
         if i >= MAX_DEVICES {
             for area in AREAS.iter() {
-                report(r, i, area, skip("more DSA devices than this guest drives (4)"));
+                report(
+                    r,
+                    i,
+                    area,
+                    skip("more DSA devices than this guest drives (4)"),
+                );
             }
             continue;
         }
@@ -680,7 +693,13 @@ fn case_drain(d: &mut Dsa) -> Outcome {
         // A copy, then a drain descriptor on the same WQ: the copy is done when it completes.
         pattern(at(A), 512, 11);
         let w = wq_for(d, 1);
-        d.submit(w, &Desc::new(OP_MEMMOVE, F_CRAV, cr(1)).src(at(A)).dst(at(B)).size(512));
+        d.submit(
+            w,
+            &Desc::new(OP_MEMMOVE, F_CRAV, cr(1))
+                .src(at(A))
+                .dst(at(B))
+                .size(512),
+        );
         let c = d.run(w, &Desc::new(OP_DRAIN, POLL, cr(2)))?;
         expect("drain", &c, 1)?;
         same("memmove before drain", at(A), at(B), 512)
@@ -722,7 +741,10 @@ fn case_memmove(d: &mut Dsa) -> Outcome {
             copy(at(C), at(A), 256);
             let c = d.run(
                 0,
-                &Desc::new(OP_MEMMOVE, POLL, cr(5)).src(at(A)).dst(at(A) + 8).size(256),
+                &Desc::new(OP_MEMMOVE, POLL, cr(5))
+                    .src(at(A))
+                    .dst(at(A) + 8)
+                    .size(256),
             )?;
             expect("overlapping memmove", &c, 1)?;
             same("overlapping memmove", at(C), at(A) + 8, 256)?;
@@ -740,7 +762,10 @@ fn case_fill(d: &mut Dsa) -> Outcome {
         fill_q(at(B), 2048, 0xeeee_eeee_eeee_eeee);
         let c = d.run(
             wq_for(d, 2),
-            &Desc::new(OP_FILL, POLL, cr(3)).src(pat).dst(at(B) + 1).size(1001),
+            &Desc::new(OP_FILL, POLL, cr(3))
+                .src(pat)
+                .dst(at(B) + 1)
+                .size(1001),
         )?;
         expect("fill", &c, 1)?;
         for i in 0..1001u64 {
@@ -763,7 +788,10 @@ fn case_compare(d: &mut Dsa) -> Outcome {
         pattern(at(A), 2048, 77);
         copy(at(B), at(A), 2048);
         let desc = |flags: u32, i: u64| {
-            Desc::new(OP_COMPARE, flags, cr(i)).src(at(A)).dst(at(B)).size(2048)
+            Desc::new(OP_COMPARE, flags, cr(i))
+                .src(at(A))
+                .dst(at(B))
+                .size(2048)
         };
         let w = wq_for(d, 3);
         let c = d.run(w, &desc(POLL, 4))?;
@@ -796,12 +824,20 @@ fn case_compval(d: &mut Dsa) -> Outcome {
     to_outcome((|| {
         let pat: u64 = 0xfeed_face_cafe_beef;
         fill_q(at(A), 512, pat);
-        let desc = |i: u64| Desc::new(OP_COMPVAL, POLL, cr(i)).src(at(A)).dst(pat).size(512);
+        let desc = |i: u64| {
+            Desc::new(OP_COMPVAL, POLL, cr(i))
+                .src(at(A))
+                .dst(pat)
+                .size(512)
+        };
         let w = wq_for(d, 4);
         let c = d.run(w, &desc(7))?;
         expect("compare pattern equal", &c, 1)?;
         if c.result != 0 {
-            return Err(err_hex("compare pattern equal: result", u64::from(c.result)));
+            return Err(err_hex(
+                "compare pattern equal: result",
+                u64::from(c.result),
+            ));
         }
         // A difference at a qword boundary: byte and word granularity agree.
         wr8(at(A) + 136, 0);
@@ -892,7 +928,10 @@ fn case_delta(d: &mut Dsa) -> Outcome {
         )?;
         expect("create delta of equal sources", &c, 1)?;
         if c.result != 0 || c.q2 as u32 != 0 {
-            return Err(err_hex("create delta of equal sources: result", u64::from(c.result)));
+            return Err(err_hex(
+                "create delta of equal sources: result",
+                u64::from(c.result),
+            ));
         }
         Ok(())
     })())
@@ -960,7 +999,10 @@ fn case_crc(d: &mut Dsa) -> Outcome {
         expect("crc", &c, 1)?;
         if c.q2 as u32 != want {
             let mut l = Line::new();
-            l.s("crc ").hex(c.q2 & 0xffff_ffff).s(" want ").hex(u64::from(want));
+            l.s("crc ")
+                .hex(c.q2 & 0xffff_ffff)
+                .s(" want ")
+                .hex(u64::from(want));
             return Err(l);
         }
         // Continued: seed = CRC of the first 100 bytes (REFERENCE.md 6.3).
@@ -991,12 +1033,18 @@ fn case_copy_crc(d: &mut Dsa) -> Outcome {
         let want = crc32c(0, at(A), 256);
         let c = d.run(
             wq_for(d, 8),
-            &Desc::new(OP_COPY_CRC, POLL, cr(17)).src(at(A)).dst(at(C)).size(256),
+            &Desc::new(OP_COPY_CRC, POLL, cr(17))
+                .src(at(A))
+                .dst(at(C))
+                .size(256),
         )?;
         expect("copy crc", &c, 1)?;
         if c.q2 as u32 != want {
             let mut l = Line::new();
-            l.s("copy crc ").hex(c.q2 & 0xffff_ffff).s(" want ").hex(u64::from(want));
+            l.s("copy crc ")
+                .hex(c.q2 & 0xffff_ffff)
+                .s(" want ")
+                .hex(u64::from(want));
             return Err(l);
         }
         same("copy crc data", at(A), at(C), 256)
@@ -1026,7 +1074,10 @@ fn case_dif(d: &mut Dsa) -> Outcome {
         check_string(at(D));
         let v = crc16_t10(at(D), 9);
         if v != 0xD0DB {
-            return Err(err_hex("reference CRC16 T10-DIF of 123456789 =", u64::from(v)));
+            return Err(err_hex(
+                "reference CRC16 T10-DIF of 123456789 =",
+                u64::from(v),
+            ));
         }
         // One 512-byte block (DIF flags 0: 512-byte blocks, no inversion).
         const BS: u64 = 512;
@@ -1069,7 +1120,10 @@ fn case_dif(d: &mut Dsa) -> Outcome {
         let c = d.run(w, &check(at(B), 20))?;
         expect("dif check of a bad guard", &c, 0x09)?;
         if c.result & 1 == 0 {
-            return Err(err_hex("dif check of a bad guard: result", u64::from(c.result)));
+            return Err(err_hex(
+                "dif check of a bad guard: result",
+                u64::from(c.result),
+            ));
         }
         // STRIP: C (520) -> B (512).
         fill_q(at(B), 1024, 0);
@@ -1145,21 +1199,35 @@ fn case_batch(d: &mut Dsa) -> Outcome {
             count += 1;
         };
         add(Desc::new(OP_NOP, POLL, cr(30)));
-        add(Desc::new(OP_MEMMOVE, POLL, cr(31)).src(at(A)).dst(at(C)).size(512));
+        add(Desc::new(OP_MEMMOVE, POLL, cr(31))
+            .src(at(A))
+            .dst(at(C))
+            .size(512));
         let fill = d.supports(OP_FILL);
         if fill {
-            add(Desc::new(OP_FILL, POLL, cr(32)).src(0x5a5a_5a5a_5a5a_5a5a).dst(at(C) + 512).size(512));
+            add(Desc::new(OP_FILL, POLL, cr(32))
+                .src(0x5a5a_5a5a_5a5a_5a5a)
+                .dst(at(C) + 512)
+                .size(512));
         }
-        add(Desc::new(OP_MEMMOVE, POLL, cr(33)).src(at(A) + 512).dst(at(B)).size(256));
+        add(Desc::new(OP_MEMMOVE, POLL, cr(33))
+            .src(at(A) + 512)
+            .dst(at(B))
+            .size(256));
         let w = wq_for(d, 11);
         let c = d.run(
             w,
-            &Desc::new(OP_BATCH, POLL, cr(29)).src(at(LIST)).size(count as u32),
+            &Desc::new(OP_BATCH, POLL, cr(29))
+                .src(at(LIST))
+                .size(count as u32),
         )?;
         expect("batch", &c, 1)?;
         if u64::from(c.bytes) != count {
             let mut l = Line::new();
-            l.s("batch: ").dec(u64::from(c.bytes)).s(" descriptors completed, want ").dec(count);
+            l.s("batch: ")
+                .dec(u64::from(c.bytes))
+                .s(" descriptors completed, want ")
+                .dec(count);
             return Err(l);
         }
         for i in 0..count {
@@ -1186,7 +1254,10 @@ fn case_batch(d: &mut Dsa) -> Outcome {
         // A batch of one: count out of range 0x14; a misaligned list: 0x18.
         let c = d.run(w, &Desc::new(OP_BATCH, POLL, cr(29)).src(at(LIST)).size(1))?;
         expect("batch of one", &c, 0x14)?;
-        let c = d.run(w, &Desc::new(OP_BATCH, POLL, cr(29)).src(at(LIST) + 8).size(2))?;
+        let c = d.run(
+            w,
+            &Desc::new(OP_BATCH, POLL, cr(29)).src(at(LIST) + 8).size(2),
+        )?;
         expect("misaligned batch list", &c, 0x18)
     })())
 }
@@ -1204,7 +1275,11 @@ fn case_interrupt(d: &mut Dsa) -> Outcome {
             let crp = cr(40 + u64::from(w));
             clear_cr(crp);
             fill_q(at(B), 4096, 0);
-            let op = if d.supports(OP_MEMMOVE) { OP_MEMMOVE } else { OP_NOP };
+            let op = if d.supports(OP_MEMMOVE) {
+                OP_MEMMOVE
+            } else {
+                OP_NOP
+            };
             d.submit(
                 w,
                 &Desc::new(op, POLL | F_RCI, crp)
@@ -1293,7 +1368,10 @@ fn case_drain_abort(d: &mut Dsa) -> Outcome {
         }
         let c = d.run(
             w,
-            &Desc::new(OP_MEMMOVE, POLL, cr(64)).src(at(A)).dst(at(C)).size(1024),
+            &Desc::new(OP_MEMMOVE, POLL, cr(64))
+                .src(at(A))
+                .dst(at(C))
+                .size(1024),
         )?;
         expect("memmove after abort", &c, 1)?;
         same("memmove after abort", at(A), at(C), 1024)?;
@@ -1316,11 +1394,17 @@ fn case_errors(d: &mut Dsa) -> Outcome {
         // Bad source: page fault 0x03 with the fault address (or 0x20/0x22, REFERENCE.md 10.2).
         let c = d.run(
             w,
-            &Desc::new(OP_MEMMOVE, POLL, cr(70)).src(BAD_ADDR).dst(at(C)).size(64),
+            &Desc::new(OP_MEMMOVE, POLL, cr(70))
+                .src(BAD_ADDR)
+                .dst(at(C))
+                .size(64),
         )?;
         let code = c.status & 0x7f;
         if !matches!(code, 0x03 | 0x20 | 0x22) || (code == 0x03 && c.status & 0x80 != 0) {
-            return Err(err_hex("memmove from a bad address: status", u64::from(c.status)));
+            return Err(err_hex(
+                "memmove from a bad address: status",
+                u64::from(c.status),
+            ));
         }
         if code == 0x03 && c.fault != BAD_ADDR {
             return Err(err_hex("page fault: fault address", c.fault));
@@ -1329,17 +1413,26 @@ fn case_errors(d: &mut Dsa) -> Outcome {
         // Bad destination: a write fault (bit 7) when reported as a page fault.
         let c = d.run(
             w,
-            &Desc::new(OP_MEMMOVE, POLL, cr(71)).src(at(A)).dst(BAD_ADDR + 64).size(64),
+            &Desc::new(OP_MEMMOVE, POLL, cr(71))
+                .src(at(A))
+                .dst(BAD_ADDR + 64)
+                .size(64),
         )?;
         let code = c.status & 0x7f;
         if !matches!(code, 0x03 | 0x20 | 0x22) || (code == 0x03 && c.status & 0x80 == 0) {
-            return Err(err_hex("memmove to a bad address: status", u64::from(c.status)));
+            return Err(err_hex(
+                "memmove to a bad address: status",
+                u64::from(c.status),
+            ));
         }
         // Sizes: 0 and max + 1 -> 0x13.
         for (i, n) in [(72u64, 0u64), (73, d.max_xfer() + 1)] {
             let c = d.run(
                 w,
-                &Desc::new(OP_MEMMOVE, POLL, cr(i)).src(at(A)).dst(at(B)).size(n as u32),
+                &Desc::new(OP_MEMMOVE, POLL, cr(i))
+                    .src(at(A))
+                    .dst(at(B))
+                    .size(n as u32),
             )?;
             expect("memmove with a bad size", &c, 0x13)?;
         }
@@ -1357,7 +1450,10 @@ fn case_errors(d: &mut Dsa) -> Outcome {
         }
         // CRAV = 0 and an error: SWERR with the status as the error code.
         let v0 = crate::idt::irq_count(d.vector(0));
-        d.submit(w, &Desc::new(OP_MEMMOVE, 0, 0).src(at(A)).dst(at(B)).size(0));
+        d.submit(
+            w,
+            &Desc::new(OP_MEMMOVE, 0, 0).src(at(A)).dst(at(B)).size(0),
+        );
         let q0 = d.take_swerr(v0)?;
         if (q0 >> 8) & 0xff != 0x13 || (q0 >> 32) & 0xff != u64::from(OP_MEMMOVE) {
             return Err(err_hex("error without a record: SWERR", q0));
@@ -1385,7 +1481,11 @@ fn case_smp(d: &mut Dsa) -> (Outcome, u64) {
         }
     });
     if aps == 0 || !d.supports(OP_MEMMOVE) {
-        let why = if aps == 0 { "1 vCPU" } else { "MEMMOVE not advertised" };
+        let why = if aps == 0 {
+            "1 vCPU"
+        } else {
+            "MEMMOVE not advertised"
+        };
         return (skip(why), 0);
     }
     AP_BAR2.store(d.bar2, Ordering::Release);
@@ -1435,7 +1535,10 @@ fn case_smp(d: &mut Dsa) -> (Outcome, u64) {
     let ap_desc = total.saturating_sub(AP_ROUNDS);
     if done != aps {
         let mut l = Line::new();
-        l.dec(done as u64).s(" of ").dec(aps as u64).s(" APs finished");
+        l.dec(done as u64)
+            .s(" of ")
+            .dec(aps as u64)
+            .s(" APs finished");
         return (fail_l(l), ap_desc);
     }
     match bad {
@@ -1486,7 +1589,10 @@ fn case_reset_cycle(d: &mut Dsa, evl: u64) -> Outcome {
         }
         let s = d.cmd(CMD_DISABLE_DEVICE, 0)?;
         if s & 0xff != 0x31 {
-            return Err(err_hex("DISABLE_DEVICE when disabled: CMDSTS", u64::from(s)));
+            return Err(err_hex(
+                "DISABLE_DEVICE when disabled: CMDSTS",
+                u64::from(s),
+            ));
         }
         d.cmd_ok(CMD_RESET_DEVICE, 0, &[0])?;
         // Section 2.19: GENCTRL, GENCFG, WQCFG and GRPCFG cleared.
@@ -1518,7 +1624,11 @@ fn case_reset_cycle(d: &mut Dsa, evl: u64) -> Outcome {
         }
         pattern(at(A), 4096, 101);
         fill_q(at(B), 4096, 0);
-        let op = if d.supports(OP_MEMMOVE) { OP_MEMMOVE } else { OP_NOP };
+        let op = if d.supports(OP_MEMMOVE) {
+            OP_MEMMOVE
+        } else {
+            OP_NOP
+        };
         let c = d.run(
             0,
             &Desc::new(op, POLL, cr(81)).src(at(A)).dst(at(B)).size(4096),
@@ -1549,7 +1659,10 @@ fn case_throughput(d: &mut Dsa, sum: &mut Summary) -> Outcome {
             let _ = d.r32(GENSTS);
         }
         sum.mmio_ticks = (rdtsc() - t0) / 32;
-        for (slot, (size, count)) in [(64u64, 32u64), (4096, 16), (65536, 4)].into_iter().enumerate() {
+        for (slot, (size, count)) in [(64u64, 32u64), (4096, 16), (65536, 4)]
+            .into_iter()
+            .enumerate()
+        {
             fill_q(at(DST), size, 0);
             let crp = cr(90);
             let t0 = rdtsc();

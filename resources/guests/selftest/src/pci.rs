@@ -52,7 +52,9 @@ impl PciCfg {
     pub fn w16(&self, dev: u8, func: u8, reg: u16, v: u16) {
         match self.ecam_addr(dev, func, reg) {
             // SAFETY: as in `r32`; the address keeps bit 1 of `reg` (word aligned).
-            Some(a) => unsafe { core::ptr::write_volatile((a + u64::from(reg & 2)) as *mut u16, v) },
+            Some(a) => unsafe {
+                core::ptr::write_volatile((a + u64::from(reg & 2)) as *mut u16, v)
+            },
             None => {
                 outl(0xcf8, type1(dev, func, reg));
                 crate::cpu::outw(0xcfc + (reg & 2), v);
@@ -99,7 +101,11 @@ impl PciCfg {
             return None;
         }
         let is64 = (lo >> 1) & 3 == 2;
-        let hi = if is64 { self.r32(dev, func, reg + 4) } else { 0 };
+        let hi = if is64 {
+            self.r32(dev, func, reg + 4)
+        } else {
+            0
+        };
         self.w32(dev, func, reg, 0xffff_ffff);
         let slo = self.r32(dev, func, reg) & !0xf;
         let shi = if is64 {

@@ -81,7 +81,10 @@ pub fn run_on_aps(timeout_ms: u64, bsp_share: impl FnOnce()) -> usize {
         for (i, s) in AP_IDS.iter().enumerate() {
             if s.load(Ordering::Acquire) != 0 {
                 want += 1;
-                if JOB_DONE.get(i).is_some_and(|d| d.load(Ordering::Acquire) == gen) {
+                if JOB_DONE
+                    .get(i)
+                    .is_some_and(|d| d.load(Ordering::Acquire) == gen)
+                {
                     got += 1;
                 }
             }
