@@ -303,6 +303,8 @@ struct Summary {
     interrupts: u64,
     rates: [Rate; 3],
     mmio_ticks: u64,
+    exit_ticks: u64,
+    irq_lat: [u64; 3],
     ap_descriptors: u64,
 }
 
@@ -453,7 +455,7 @@ pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) {
 fn summary_table(sums: &[Summary]) {
     let hz = tsc_hz().max(1);
     info(|l| {
-        l.s("dsa summary: dev wqs engines groups descriptors(bsp+aps) interrupts mmio_read_ns");
+        l.s("dsa summary: dev wqs engines groups descriptors(bsp+aps) interrupts mmio_read_ns port_exit_ns");
     });
     for (i, s) in sums.iter().enumerate().filter(|(_, s)| s.present) {
         info(|l| {
@@ -474,8 +476,26 @@ fn summary_table(sums: &[Summary]) {
                 .s(") ")
                 .dec(s.interrupts)
                 .s(" ")
-                .dec(s.mmio_ticks.saturating_mul(1_000_000_000) / hz);
+                .dec(s.mmio_ticks.saturating_mul(1_000_000_000) / hz)
+                .s(" ")
+                .dec(s.exit_ticks.saturating_mul(1_000_000_000) / hz);
         });
+        if s.irq_lat[2] > 0 {
+            let us = |t: u64| t.saturating_mul(1_000_000) / hz;
+            info(|l| {
+                l.s("dsa summary: dsa")
+                    .dec(i as u64)
+                    .s(" completion interrupt latency (submit to handler, n=")
+                    .dec(LAT_SAMPLES as u64)
+                    .s("): median=")
+                    .dec(us(s.irq_lat[0]))
+                    .s("us p99=")
+                    .dec(us(s.irq_lat[1]))
+                    .s("us max=")
+                    .dec(us(s.irq_lat[2]))
+                    .s("us");
+            });
+        }
         for rate in s.rates.iter().filter(|r| r.count > 0) {
             let ns = rate.ticks.saturating_mul(1_000_000_000) / hz / rate.count;
             let bytes = rate.size * rate.count;
@@ -1659,6 +1679,13 @@ fn case_throughput(d: &mut Dsa, sum: &mut Summary) -> Outcome {
             let _ = d.r32(GENSTS);
         }
         sum.mmio_ticks = (rdtsc() - t0) / 32;
+        // The bare exit round trip: port writes to 0x80 (POST code, no device behind it).
+        let t0 = rdtsc();
+        for _ in 0..32 {
+            crate::cpu::outb(0x80, 0);
+        }
+        sum.exit_ticks = (rdtsc() - t0) / 32;
+        sum.irq_lat = irq_latency(d)?;
         for (slot, (size, count)) in [(64u64, 32u64), (4096, 16), (65536, 4)]
             .into_iter()
             .enumerate()
@@ -1686,6 +1713,35 @@ fn case_throughput(d: &mut Dsa, sum: &mut Summary) -> Outcome {
         }
         Ok(())
     })())
+}
+
+/// Interrupt latency samples.
+const LAT_SAMPLES: usize = 64;
+
+/// NOPs with RCI on WQ 0: TSC before the MOVDIR64B to the TSC the handler
+/// stored; returns (median, p99, max) in TSC ticks.
+fn irq_latency(d: &mut Dsa) -> Res<[u64; 3]> {
+    let mut lat = [0u64; LAT_SAMPLES];
+    let vec = d.vector(1);
+    let crp = cr(91);
+    for l in lat.iter_mut() {
+        clear_cr(crp);
+        let before = crate::idt::irq_count(vec);
+        let desc = Desc::new(OP_NOP, POLL | F_RCI, crp).handle(1);
+        let t0 = rdtsc();
+        d.submit(0, &desc);
+        if !wait_irq(vec, before, 500) {
+            return Err(err("latency: no completion interrupt"));
+        }
+        *l = crate::idt::irq_tsc(vec).saturating_sub(t0);
+    }
+    lat.sort_unstable();
+    let pick = |q: usize| {
+        lat.get((LAT_SAMPLES * q / 100).min(LAT_SAMPLES - 1))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok([pick(50), pick(99), lat.last().copied().unwrap_or(0)])
 }
 
 /// Final teardown as `accel-config disable-wq` / `disable-device` do.

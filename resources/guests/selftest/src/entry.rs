@@ -42,7 +42,7 @@ pub const IRQ_FIRST_VECTOR: u8 = 0x50;
 /// Number of counting interrupt stubs (vectors `IRQ_FIRST_VECTOR..IRQ_FIRST_VECTOR + n`).
 pub const IRQ_STUBS: usize = 80;
 /// Size of one counting interrupt stub.
-pub const IRQ_STUB_SIZE: u64 = 16;
+pub const IRQ_STUB_SIZE: u64 = 64;
 /// Bytes of DMA buffer memory (`selftest_dma`, 4 KiB aligned, not cleared, not loaded).
 pub const DMA_SIZE: usize = 1 << 20;
 
@@ -130,10 +130,14 @@ selftest_timer_ticks:
     .globl selftest_irq_counts
 selftest_irq_counts:
     .fill IRQ_STUBS, 8, 0
+    .globl selftest_irq_tsc
+selftest_irq_tsc:
+    .fill IRQ_STUBS, 8, 0
 
     /* ---------------------------------------------------------------- */
     .section .stack, "aw", @nobits
     .balign 4096
+    .globl selftest_bsp_stack
 selftest_bsp_stack:
     .skip BSP_STACK_SIZE
 selftest_bsp_stack_top:
@@ -360,14 +364,23 @@ selftest_timer_isr:
 selftest_spurious_isr:
     iretq
 
-    /* Counting stubs: vector IRQ_FIRST + i increments selftest_irq_counts[i] */
-    /* and EOIs (device MSI-X completions, the AP wake IPI).                 */
-    .balign 16
+    /* Counting stubs: vector IRQ_FIRST + i stores the TSC in               */
+    /* selftest_irq_tsc[i], increments selftest_irq_counts[i] and EOIs      */
+    /* (device MSI-X completions, the AP wake IPI). 64 bytes each.          */
+    .balign 64
     .globl selftest_irq_stubs
 selftest_irq_stubs:
     .set __st_irq_i, 0
     .rept IRQ_STUBS
-    .balign 16
+    .balign 64
+    pushq %rax
+    pushq %rdx
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    movq %rax, selftest_irq_tsc + 8 * __st_irq_i(%rip)
+    popq %rdx
+    popq %rax
     lock incq selftest_irq_counts + 8 * __st_irq_i(%rip)
     jmp selftest_irq_common
     .set __st_irq_i, __st_irq_i + 1
@@ -405,10 +418,14 @@ extern "C" {
     pub static selftest_spurious_isr: u8;
     /// Timer interrupt count, incremented by `selftest_timer_isr`.
     pub static selftest_timer_ticks: core::sync::atomic::AtomicU64;
+    /// Lowest byte of the BSP stack ([`BSP_STACK_SIZE`] bytes).
+    pub static selftest_bsp_stack: u8;
     /// Start of the counting interrupt stubs, [`IRQ_STUB_SIZE`] bytes apart.
     pub static selftest_irq_stubs: u8;
     /// Interrupt counts of the counting stubs, one per vector from [`IRQ_FIRST_VECTOR`].
     pub static selftest_irq_counts: [core::sync::atomic::AtomicU64; IRQ_STUBS];
+    /// TSC at the last interrupt of each counting stub.
+    pub static selftest_irq_tsc: [core::sync::atomic::AtomicU64; IRQ_STUBS];
     /// DMA buffer memory ([`DMA_SIZE`] bytes, identity mapped, contents undefined at boot).
     pub static selftest_dma: u8;
     /// The page directory used as a window onto RAM above 4 GiB.

@@ -123,3 +123,12 @@ pub fn irq_count(vector: u8) -> u64 {
         .get(i)
         .map_or(0, |c| c.load(core::sync::atomic::Ordering::Acquire))
 }
+
+/// TSC at the last run of vector `vector`'s handler (a counting-stub vector).
+pub fn irq_tsc(vector: u8) -> u64 {
+    let i = usize::from(vector.wrapping_sub(IRQ_FIRST_VECTOR));
+    // SAFETY: only a shared reference to the atomic timestamps is taken.
+    let tsc = unsafe { &crate::entry::selftest_irq_tsc };
+    tsc.get(i)
+        .map_or(0, |c| c.load(core::sync::atomic::Ordering::Acquire))
+}
