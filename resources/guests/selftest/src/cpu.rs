@@ -91,6 +91,15 @@ pub fn sti_hlt() {
     unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
 }
 
+/// Whether RFLAGS.IF is set.
+#[inline]
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: pushes and pops RFLAGS on the current stack.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & (1 << 9) != 0
+}
+
 /// Enables interrupts.
 #[inline]
 pub fn sti() {
