@@ -79,6 +79,13 @@ impl Runner {
         }
         serial::line(&l);
         let now = cpu::rdtsc();
+        // Flush the per-case times before a line would be truncated.
+        if self.times.as_bytes().len() > 240 {
+            let t = core::mem::take(&mut self.times);
+            info(|l| {
+                l.s("case_us").raw(t.as_bytes());
+            });
+        }
         self.times
             .s(" ")
             .s(name)
