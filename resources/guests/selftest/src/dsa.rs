@@ -760,6 +760,16 @@ impl Dsa {
         movdir64b(p, d);
     }
 
+    /// Submits `d` through page `page` (0 unlimited MSI-X, 1 limited MSI-X,
+    /// 2/3 IMS) of WQ `wq` at slot 0 and polls its record (section 1.4).
+    pub fn run_page(&mut self, wq: u32, page: u64, d: &Desc) -> Res<Cr> {
+        let cr = d.q[1];
+        clear_cr(cr);
+        self.descriptors += 1;
+        movdir64b(self.bar2 + u64::from(wq) * 0x4000 + 0x1000 * (page & 3), d);
+        poll_cr(cr, 500).ok_or_else(|| err_hex("no completion record via portal page", page))
+    }
+
     /// Submits `d` (whose completion record is at `cr`, cleared here) on WQ
     /// `wq` and polls the record.
     pub fn run(&mut self, wq: u32, d: &Desc) -> Res<Cr> {

@@ -712,6 +712,11 @@ fn case_nop(d: &mut Dsa) -> Outcome {
             let c = d.run(w, &Desc::new(OP_NOP, POLL, cr(u64::from(w))))?;
             expect("nop", &c, 1)?;
         }
+        // Every portal page accepts descriptors (section 1.4).
+        for page in 0..4 {
+            let c = d.run_page(0, page, &Desc::new(OP_NOP, POLL, cr(10)))?;
+            expect("nop through another portal page", &c, 1)?;
+        }
         Ok(())
     })())
 }
@@ -1472,6 +1477,19 @@ fn case_errors(d: &mut Dsa) -> Outcome {
             let c = d.run(w, &Desc::new(op, POLL, cr(i)))?;
             expect("undefined opcode", &c, 0x10)?;
         }
+        // Completion interrupts from an IMS portal page (no IMS here) or with a handle beyond
+        // the MSI-X table: 0x19 "invalid interrupt handle" (section 5).
+        let c = d.run_page(
+            w,
+            2,
+            &Desc::new(OP_NOP, POLL | F_RCI, cr(77)).handle(w as u16 + 1),
+        )?;
+        expect("RCI through an IMS portal page", &c, 0x19)?;
+        let c = d.run(
+            w,
+            &Desc::new(OP_NOP, POLL | F_RCI, cr(78)).handle(d.msix_entries),
+        )?;
+        expect("interrupt handle beyond the MSI-X table", &c, 0x19)?;
         // A misaligned completion record: SWERR 0x1B (section 10.1).
         let v0 = crate::idt::irq_count(d.vector(0));
         d.submit(w, &Desc::new(OP_NOP, POLL, cr(76) + 8));
