@@ -101,7 +101,17 @@ fn dsdt() -> Sdt {
     let com_crs_name = aml::Name::new("_CRS".into(), &com_crs);
     let com1 = aml::Device::new("_SB_.COM1".into(), vec![&com_hid, &com_uid, &com_crs_name]);
 
+    // The i8042 keyboard controller, so that Linux's i8042 driver finds it through PNP.
+    let kbd_data = aml::IO::new(I8042_PORT, I8042_PORT, 1, 1);
+    let kbd_cmd = aml::IO::new(I8042_PORT + 4, I8042_PORT + 4, 1, 1);
+    let kbd_irq = aml::Interrupt::new(true, true, false, false, 1);
+    let kbd_crs = aml::ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let kbd_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303"));
+    let kbd_crs_name = aml::Name::new("_CRS".into(), &kbd_crs);
+    let ps2 = aml::Device::new("_SB_.PS2_".into(), vec![&kbd_hid, &kbd_crs_name]);
+
     s5.to_aml_bytes(&mut dsdt);
+    ps2.to_aml_bytes(&mut dsdt);
     pci0.to_aml_bytes(&mut dsdt);
     mbrs.to_aml_bytes(&mut dsdt);
     com1.to_aml_bytes(&mut dsdt);
@@ -122,6 +132,8 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         gas::AccessSize::ByteAccess,
         u64::from(ACPI_SLEEP_CONTROL_PORT),
     );
+    // IAPC_BOOT_ARCH: an 8042 is present (bit 1).
+    f.iapc_boot_arch = 0x2u16.into();
     f.sleep_control_reg = sleep;
     f.sleep_status_reg = sleep;
     let mut bytes = Vec::new();

@@ -19,6 +19,9 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// Why the guest payload could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// No kernel was configured.
+    #[error("no boot source configured: PUT /boot-source first")]
+    NoKernel,
     /// The kernel file could not be opened or read.
     #[error("cannot read kernel {0}: {1}")]
     KernelRead(PathBuf, std::io::Error),

@@ -17,7 +17,18 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
 
-    /// What to do; with none, boot the built-in self-test guest.
+    /// Serve the REST API on this UNIX socket. Alone, dsavmm waits for configuration; with
+    /// `run`, it boots at once and serves the API for control and inspection. With an API the
+    /// process stays up after the guest halts, until a `Shutdown` action or SIGTERM.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Configure the VM from a JSON file holding the API's documents (machine-config,
+    /// boot-source, dsa, logger) and boot it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// What to do; with none (and no --api-sock/--config-file), boot the built-in self-test guest.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -29,6 +40,12 @@ pub enum Command {
     Run(RunArgs),
     /// Boot the built-in self-test guest (the default).
     Selftest(MachineArgs),
+    /// Talk to a running dsavmm over its API socket (`dsavmm remote --api-sock PATH <verb>`).
+    Remote {
+        /// The request.
+        #[command(subcommand)]
+        verb: api::RemoteCommand,
+    },
     /// Write the built-in self-test guest ELF to a file (to boot it with `run` or another VMM).
     SelftestImage {
         /// Output path.
@@ -79,7 +96,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
+    #[arg(long, default_value = crate::config::DEFAULT_CMDLINE)]
     pub cmdline: String,
     /// Machine shape.
     #[command(flatten)]

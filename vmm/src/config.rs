@@ -9,6 +9,8 @@ use arch::layout::{MMIO_32_START, MMIO_64_START, RAM_64BIT_START};
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// Largest guest memory the address map holds (RAM must end below the 64-bit MMIO window).
 pub const MAX_MEMORY_MIB: u64 = (MMIO_64_START - RAM_64BIT_START + MMIO_32_START) >> 20;
+/// Kernel command line when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 /// Most vCPUs (APIC IDs and the MADT use one byte; 255 is broadcast).
 pub const MAX_VCPUS: u8 = 254;
 

@@ -4,56 +4,38 @@
 mod boot;
 mod cli;
 mod config;
+mod controller;
 mod event_loop;
 mod host;
 mod insn;
+mod logger;
 mod pagewalk;
 mod selftest;
 mod vcpu;
 mod vm;
 
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc, Mutex};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 
 use cli::{Cli, Command, MachineArgs, Movdir64b};
-use config::{KernelImage, VmSpec};
+use controller::Controller;
+use logger::LogControl;
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .with_context(|| format!("invalid --log-level {level:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
-}
-
-fn spec_for_selftest(m: &MachineArgs) -> VmSpec {
-    VmSpec {
-        kernel: KernelImage::Embedded(selftest::SELFTEST_ELF),
-        initramfs: None,
-        cmdline: selftest::expectations(m.memory, m.vcpus.min(255) as u8),
-        memory_mib: m.memory,
-        vcpus: m.vcpus.min(255) as u8,
-        serial: m.serial.clone(),
-        dsa: if m.dsa.is_empty() {
-            vec![devices::dsa::DsaConfig::default()]
-        } else {
-            m.dsa.clone()
-        },
-    }
-}
-
-/// Boots `spec` and waits for the guest to end; returns the exit code.
-fn boot_and_wait(spec: &VmSpec, m: &MachineArgs) -> anyhow::Result<i32> {
-    if m.vcpus > 255 || m.vcpus == 0 {
-        return Err(config::ConfigError::Vcpus(m.vcpus, u64::from(config::MAX_VCPUS)).into());
-    }
-    let force = match m.movdir64b {
-        Movdir64b::On => true,
+/// Decides whether the guest sees MOVDIR64B, warning when it will not.
+fn movdir64b_policy(p: Movdir64b) -> bool {
+    match p {
+        Movdir64b::On => {
+            if !host::hardware_virtualization() {
+                eprintln!(
+                    "dsavmm: warning: /dev/kvm is not hardware-backed (no vmx/svm): KVM may strip \
+                     MOVDIR64B from the guest CPUID, and then the Linux idxd driver will refuse to load"
+                );
+            }
+            true
+        }
         Movdir64b::Off => false,
         Movdir64b::Auto => {
             let host = host::cpu_executes_movdir64b();
@@ -66,61 +48,146 @@ fn boot_and_wait(spec: &VmSpec, m: &MachineArgs) -> anyhow::Result<i32> {
             }
             host
         }
-    };
-    if force && !host::hardware_virtualization() {
-        eprintln!(
-            "dsavmm: warning: /dev/kvm is not hardware-backed (no vmx/svm): MOVDIR64B may be \
-             stripped from the guest CPUID, and then the Linux idxd driver will refuse to load"
-        );
     }
-    let mut vm = vm::Vm::build(spec, force)?;
-    let mut events = event_loop::EventLoop::new(vm.exit.clone(), vm.serial.clone())
-        .context("cannot create the event loop")?;
-    vm.start()?;
-    events.run();
-    let reason = vm.stop();
-    let resident = vm.guest_resident_bytes() >> 10;
-    let peak = host::peak_rss_kib().unwrap_or(0);
-    tracing::info!(
-        "VM ended: {reason:?}; VMM peak RSS {peak} KiB, guest RAM resident {resident} KiB, overhead {} KiB",
-        peak.saturating_sub(resident)
-    );
-    Ok(reason.exit_code())
+}
+
+/// Applies the machine shape and DSA devices of the CLI to the controller.
+fn apply_machine(c: &mut Controller, m: &MachineArgs) -> anyhow::Result<()> {
+    let vcpus = u32::try_from(m.vcpus).unwrap_or(u32::MAX);
+    if m.vcpus == 0 || m.vcpus > u64::from(config::MAX_VCPUS) {
+        bail!(config::ConfigError::Vcpus(
+            m.vcpus,
+            u64::from(config::MAX_VCPUS)
+        ));
+    }
+    config::check_memory(m.memory, config::host_memory_mib())?;
+    c.handle(api::ApiRequest::PutMachineConfig(
+        api::types::MachineConfig {
+            vcpus,
+            memory_mib: m.memory,
+        },
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for d in &m.dsa {
+        c.add_cli_dsa(d);
+    }
+    Ok(())
 }
 
 fn real_main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
-    init_logging(&cli.log_level)?;
-    match cli.command {
-        None => {
-            let m = MachineArgs {
-                memory: 64,
-                vcpus: 1,
-                serial: config::SerialMode::Stdout,
-                movdir64b: Movdir64b::Auto,
-                dsa: Vec::new(),
-            };
-            boot_and_wait(&spec_for_selftest(&m), &m)
+    if let Some(Command::Remote { verb }) = &cli.command {
+        let sock = cli
+            .api_sock
+            .as_deref()
+            .context("remote needs --api-sock PATH")?;
+        let out = api::run_remote(sock, verb).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !out.is_empty() {
+            println!("{out}");
         }
-        Some(Command::Selftest(m)) => boot_and_wait(&spec_for_selftest(&m), &m),
+        return Ok(0);
+    }
+    if let Some(Command::SelftestImage { output }) = &cli.command {
+        std::fs::write(output, selftest::SELFTEST_ELF)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        return Ok(0);
+    }
+
+    let log = Arc::new(LogControl::init(&cli.log_level)?);
+    event_loop::install_termination_handlers().context("cannot install signal handlers")?;
+
+    let default_machine = MachineArgs {
+        memory: 64,
+        vcpus: 1,
+        serial: config::SerialMode::Stdout,
+        movdir64b: Movdir64b::Auto,
+        dsa: Vec::new(),
+    };
+    let api_only = cli.command.is_none() && (cli.api_sock.is_some() || cli.config_file.is_some());
+    let machine = match &cli.command {
+        Some(Command::Run(r)) => r.machine.clone(),
+        Some(Command::Selftest(m)) => m.clone(),
+        _ => default_machine,
+    };
+    let mut controller = Controller::new(
+        Some(log),
+        machine.serial.clone(),
+        movdir64b_policy(machine.movdir64b),
+    )
+    .context("cannot create the VM exit event")?;
+
+    let mut boot_now = false;
+    match &cli.command {
         Some(Command::Run(r)) => {
-            let spec = VmSpec {
-                kernel: KernelImage::Path(r.kernel),
-                initramfs: r.initramfs,
-                cmdline: r.cmdline,
-                memory_mib: r.machine.memory,
-                vcpus: r.machine.vcpus.min(255) as u8,
-                serial: r.machine.serial.clone(),
-                dsa: r.machine.dsa.clone(),
-            };
-            boot_and_wait(&spec, &r.machine)
+            apply_machine(&mut controller, &r.machine)?;
+            controller
+                .handle(api::ApiRequest::PutBootSource(api::types::BootSource {
+                    kernel_image_path: r.kernel.display().to_string(),
+                    initrd_path: r.initramfs.as_ref().map(|p| p.display().to_string()),
+                    boot_args: Some(r.cmdline.clone()),
+                }))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            boot_now = true;
         }
-        Some(Command::SelftestImage { output }) => {
-            std::fs::write(&output, selftest::SELFTEST_ELF)
-                .with_context(|| format!("cannot write {}", output.display()))?;
-            Ok(0)
+        Some(Command::Selftest(_)) | None if !api_only => {
+            apply_machine(&mut controller, &machine)?;
+            if machine.dsa.is_empty() {
+                controller.add_cli_dsa(&devices::dsa::DsaConfig::default());
+            }
+            let vcpus = machine.vcpus as u8;
+            controller.set_builtin_kernel(
+                selftest::SELFTEST_ELF,
+                selftest::expectations(machine.memory, vcpus),
+            );
+            boot_now = true;
+        }
+        _ => {}
+    }
+    if let Some(path) = &cli.config_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg = api::types::parse_config_file(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        let has_boot = cfg.boot_source.is_some();
+        for req in cfg.into_requests() {
+            controller
+                .handle(req)
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        }
+        if has_boot {
+            boot_now = true;
+        } else if cli.api_sock.is_none() {
+            bail!(
+                "config file {} has no boot-source and there is no --api-sock to add one",
+                path.display()
+            );
         }
     }
+
+    let controller = Arc::new(Mutex::new(controller));
+    let mut events =
+        event_loop::EventLoop::new(controller.clone()).context("cannot create the event loop")?;
+    let _api_server = match &cli.api_sock {
+        Some(path) => {
+            let (tx, rx) = mpsc::channel();
+            let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .context("cannot create the API eventfd")?;
+            let wake = evt.try_clone().context("cannot clone the API eventfd")?;
+            let server =
+                api::start_api_server(path, tx, wake).map_err(|e| anyhow::anyhow!("{e}"))?;
+            events.add_api(rx, evt);
+            tracing::info!("API listening on {}", path.display());
+            Some(server)
+        }
+        None => None,
+    };
+    if boot_now {
+        controller
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start()?;
+    }
+    Ok(events.run())
 }
 
 fn main() -> ExitCode {

@@ -18,7 +18,7 @@ use devices::pci::kvm_msi::{GsiRouter, KvmMsiSink};
 use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciWindows, SharedPciDevice};
 use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -34,6 +34,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// GSI of COM1.
 const COM1_GSI: u32 = 4;
+/// GSI of the i8042 keyboard.
+const I8042_GSI: u32 = 1;
 /// KVM_CAP_EXIT_ON_EMULATION_FAILURE: emulation failures exit with the instruction bytes
 /// instead of queuing #UD (REFERENCE.md section 0, trap 2).
 const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u32 = 204;
@@ -74,10 +76,6 @@ pub enum VmError {
 pub struct Vm {
     /// Guest RAM.
     pub mem: GuestMemoryMmap,
-    /// Port I/O bus.
-    pub pio: Arc<Bus>,
-    /// MMIO bus.
-    pub mmio: Arc<Bus>,
     /// End-of-VM signal.
     pub exit: Arc<ExitSignal>,
     /// Pause control.
@@ -86,11 +84,12 @@ pub struct Vm {
     pub vcpu_stats: Vec<Arc<VcpuStats>>,
     /// The console.
     pub serial: Arc<Mutex<SerialConsole>>,
-    /// Whether MOVDIR64B was forced on in the guest CPUID.
-    pub movdir64b_forced: bool,
+    /// The keyboard controller (for Ctrl-Alt-Del).
+    pub i8042: Arc<Mutex<I8042>>,
     /// The virtual DSA devices, in `--dsa` order.
     pub dsa: Vec<Arc<Mutex<DsaDevice>>>,
-    vm_fd: Arc<VmFd>,
+    /// The VM itself, held for as long as the memory slots and devices refer to it.
+    _vm_fd: Arc<VmFd>,
     vcpus: Vec<Vcpu>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -113,7 +112,11 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, VmError> {
 
 impl Vm {
     /// Builds a VM from `spec`: everything short of starting the vCPUs.
-    pub fn build(spec: &VmSpec, force_movdir64b: bool) -> Result<Self, VmError> {
+    pub fn build(
+        spec: &VmSpec,
+        force_movdir64b: bool,
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self, VmError> {
         check_memory(spec.memory_mib, host_memory_mib())?;
         check_cmdline(&spec.cmdline)?;
         let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
@@ -185,8 +188,6 @@ impl Vm {
         let cr3 = arch::regs::write_boot_structures(&mem).map_err(boot::BootError::from)?;
 
         // Devices.
-        let exit =
-            Arc::new(ExitSignal::new().map_err(|e| VmError::Device("exit event", e.to_string()))?);
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let serial_irq =
@@ -201,12 +202,13 @@ impl Vm {
         let dev_err = |what| move |e: devices::bus::BusError| VmError::Device(what, e.to_string());
         pio.insert(serial.clone(), u64::from(layout::COM1_PORT), 8)
             .map_err(dev_err("serial"))?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            u64::from(layout::I8042_PORT),
-            5,
-        )
-        .map_err(dev_err("i8042"))?;
+        let kbd_irq = EventFd::new(0).map_err(|e| VmError::Device("i8042 irq", e.to_string()))?;
+        vm_fd
+            .register_irqfd(&kbd_irq, I8042_GSI)
+            .map_err(kvm_err("IRQFD(i8042)"))?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), Some(kbd_irq))));
+        pio.insert(i8042.clone(), u64::from(layout::I8042_PORT), 5)
+            .map_err(dev_err("i8042"))?;
         pio.insert(
             Arc::new(Mutex::new(AcpiSleep::new(
                 exit.clone(),
@@ -265,23 +267,16 @@ impl Vm {
         }
         Ok(Self {
             mem,
-            pio,
-            mmio,
             exit,
             pause,
             vcpu_stats,
             serial,
-            movdir64b_forced: force_movdir64b,
+            i8042,
             dsa,
-            vm_fd,
+            _vm_fd: vm_fd,
             vcpus: vcpu_list,
             threads: Vec::new(),
         })
-    }
-
-    /// The KVM VM (for devices that route interrupts).
-    pub fn vm_fd(&self) -> &Arc<VmFd> {
-        &self.vm_fd
     }
 
     /// Starts one thread per vCPU.
@@ -308,13 +303,22 @@ impl Vm {
         }
     }
 
-    /// Pauses all vCPUs; returns once every vCPU is parked (or the VM ended).
-    pub fn pause(&self) {
+    /// Pauses all vCPUs; returns whether every vCPU parked within a second (or the VM ended).
+    pub fn pause(&self) -> bool {
         self.pause.set(true);
         let n = self.threads.len();
-        while !self.pause.wait_parked(n, &self.exit) && !self.exit.is_set() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !self.pause.wait_parked(n, &self.exit) {
+            if self.exit.is_set() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                self.pause.set(false);
+                return false;
+            }
             self.kick_all();
         }
+        true
     }
 
     /// Resumes paused vCPUs.
@@ -343,6 +347,14 @@ impl Vm {
         self.exit.reason().unwrap_or(ExitReason::Requested)
     }
 
+    /// Sends Ctrl-Alt-Del through the keyboard controller.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), &'static str> {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del()
+    }
+
     /// Bytes of guest RAM resident in host memory (pages the guest or the VMM touched).
     pub fn guest_resident_bytes(&self) -> u64 {
         // SAFETY: sysconf has no memory-safety preconditions.
@@ -359,16 +371,6 @@ impl Vm {
             }
         }
         total
-    }
-
-    /// Guest RAM size in bytes.
-    pub fn memory_size(&self) -> u64 {
-        self.mem.iter().map(|r| r.len()).sum()
-    }
-
-    /// Whether `addr` is guest RAM.
-    pub fn is_ram(&self, addr: u64) -> bool {
-        self.mem.find_region(GuestAddress(addr)).is_some()
     }
 }
 

@@ -16,7 +16,7 @@ use super::engine::{self, EngineLimits, Outcome, SwError};
 pub const FLAG_CRAV: u32 = 1 << 2;
 
 /// Result of handing a descriptor to a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Submitted {
     /// Executed; the completion record (if any) is already in guest memory.
     Done(Outcome),
@@ -82,6 +82,7 @@ impl DsaBackend for SoftwareBackend {
             record_written: false,
             interrupt: None,
             swerr: None,
+            member_interrupts: Vec::new(),
         };
         let addr = d.completion_addr();
         let swerr = |s| {
@@ -89,6 +90,11 @@ impl DsaBackend for SoftwareBackend {
                 status: s,
                 opcode: d.opcode(),
                 addr,
+                batch_index: None,
+                invalid_flags: 0,
+                write: true,
+                pasid: 0,
+                priv_: false,
             })
         };
         if d.flags() & FLAG_CRAV == 0 {

@@ -17,13 +17,10 @@
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod descriptor;
+pub mod engine;
 pub mod portal;
 pub mod regs;
-
-// TODO(merge): delete engine_stub.rs and replace the next two lines with
-// `pub mod descriptor; pub mod engine;` (the dsa-engine branch provides both).
-mod engine_stub;
-pub use engine_stub::{descriptor, engine};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -476,7 +473,8 @@ impl DsaDevice {
                 | (u64::from(e.opcode) << 32);
             self.report_swerr(q0, 0, e.addr);
         }
-        if let Some(h) = out.interrupt {
+        // Batch members that asked for an interrupt are signalled before the batch itself.
+        for h in out.member_interrupts.iter().copied().chain(out.interrupt) {
             if h < self.msix.num_vectors() {
                 self.stats.completion_interrupts += 1;
                 self.msix.trigger(h);

@@ -690,7 +690,7 @@ fn portal_submission_and_stats() {
     assert_eq!(s.descriptors, 66);
     assert_eq!(s.bytes, 65 * 4096);
     assert_eq!(s.by_opcode.get("memmove"), Some(&65));
-    assert_eq!(s.by_opcode.get("nop"), Some(&1));
+    assert_eq!(s.by_opcode.get("noop"), Some(&1));
     assert_eq!(s.completion_status.get("0x01"), Some(&66));
     assert_eq!(s.completion_interrupts, 66);
     assert_eq!(s.records_written, 66);
@@ -801,6 +801,7 @@ fn wq_full_drops() {
                 record_written: false,
                 interrupt: None,
                 swerr: None,
+                member_interrupts: Vec::new(),
             }
         }
         fn occupancy(&self, wq: usize) -> u16 {
@@ -820,6 +821,7 @@ fn wq_full_drops() {
                             record_written: true,
                             interrupt: Some(wq as u16 + 1),
                             swerr: None,
+                            member_interrupts: Vec::new(),
                         },
                     )
                 })

@@ -1,0 +1,154 @@
+//! Debian's 6.12 kernel (the ELF vmlinux and the bzImage) boots under dsavmm with a busybox initramfs to
+//! its /init marker with 1 and 2 vCPUs; and dsavmm's built-in self-test guest passes on this KVM.
+//!
+//! On this project's machines everything runs in the nested KVM rig, in one L1 boot shared by the tests
+//! of this file (one run each); on a host with a hardware-backed KVM dsavmm runs directly. A Linux case
+//! passes only when its run printed `L2-INIT-MARKER nproc=<vcpus>` (Linux reached user space).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tests::{dsavmm_binary, Layer, LinuxGuest, NestedVm, RigOutput, Run, L2_CMDLINE, L2_MARKER};
+
+/// (kernel inside L1, vCPUs) of the Linux runs; the self-test guest run comes after them.
+const LINUX_CASES: [(&str, u32); 4] = [
+    ("/l2/vmlinux", 1),
+    ("/l2/vmlinux", 2),
+    ("/l2/bzImage", 1),
+    ("/l2/bzImage", 2),
+];
+const SELFTEST_RUN: usize = LINUX_CASES.len();
+
+fn linux_run(kernel: &str, vcpus: u32) -> Run {
+    let vcpus = vcpus.to_string();
+    Run::dsavmm([
+        "run",
+        "--kernel",
+        kernel,
+        "--initramfs",
+        "/l2/initramfs",
+        "--cmdline",
+        L2_CMDLINE,
+        "--memory",
+        "512",
+        "--vcpus",
+        &vcpus,
+        "--serial",
+        "stdout",
+    ])
+}
+
+/// All runs in one rig boot, shared by the tests below.
+fn shared() -> &'static Result<RigOutput, String> {
+    static OUT: OnceLock<Result<RigOutput, String>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let guest = LinuxGuest::get().map_err(|e| e.to_string())?;
+        let dsavmm = dsavmm_binary().map_err(|e| e.to_string())?;
+        let mut runs: Vec<Run> = LINUX_CASES.iter().map(|(k, v)| linux_run(k, *v)).collect();
+        runs.push(Run::dsavmm(Vec::<String>::new()));
+        let out = NestedVm::new()
+            .dsavmm(&dsavmm)
+            .file("/l2/vmlinux", &guest.vmlinux)
+            .file("/l2/bzImage", &guest.bzimage)
+            .file("/l2/initramfs", &guest.boot_initramfs)
+            // Each test judges its own run's exit status.
+            .expect_exit(None)
+            .timeout(Duration::from_secs(600))
+            .run_all(&runs)
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "rig mode {:?}: QEMU start to L1 /init {:?}, to /dev/kvm ready {:?}",
+            out.mode, out.l1_init, out.l1_ready
+        );
+        Ok(out)
+    })
+}
+
+fn check_linux(case: usize) {
+    let out = match shared() {
+        Ok(out) => out,
+        Err(e) => panic!("{e}"),
+    };
+    let (kernel, vcpus) = LINUX_CASES[case];
+    let marker = match out.expect_line(case, Layer::L2, L2_MARKER) {
+        Ok(m) => m,
+        Err(e) => panic!("{kernel} with {vcpus} vCPUs: {e}"),
+    };
+    let want = format!("nproc={vcpus} ");
+    assert!(
+        marker.text.contains(&want),
+        "{kernel} with {vcpus} vCPUs: L2 guest failed: marker {:?} lacks {want:?}\n{}",
+        marker.text,
+        out.last_lines(&[Layer::L2, Layer::Dsavmm], Some(case), 20)
+            .join("\n")
+    );
+    eprintln!(
+        "{kernel} with {vcpus} vCPUs: dsavmm start to L2 /init {:?}, whole run {:?}, exit {:?}",
+        out.since_start(case, marker),
+        out.runs[case]
+            .ended
+            .zip(out.runs[case].started)
+            .map(|(e, s)| e - s),
+        out.runs[case].exit,
+    );
+    assert_eq!(
+        out.runs[case].exit,
+        Some(0),
+        "dsavmm failed: L2 reached /init but dsavmm did not exit 0 after its power-off\n{}",
+        out.last_lines(&[Layer::L2, Layer::Dsavmm], Some(case), 20)
+            .join("\n")
+    );
+}
+
+#[test]
+fn vmlinux_boots_with_1_vcpu() {
+    check_linux(0);
+}
+
+#[test]
+fn vmlinux_boots_with_2_vcpus() {
+    check_linux(1);
+}
+
+#[test]
+fn bzimage_boots_with_1_vcpu() {
+    check_linux(2);
+}
+
+#[test]
+fn bzimage_boots_with_2_vcpus() {
+    check_linux(3);
+}
+
+/// The built-in self-test guest's full suite on this second, hardware-style KVM (L1's SVM KVM, or the
+/// host's hardware KVM when direct): `selftest: N passed, 0 failed, K skipped` and exit 0.
+#[test]
+fn selftest_guest_passes_in_rig() {
+    let out = match shared() {
+        Ok(out) => out,
+        Err(e) => panic!("{e}"),
+    };
+    let summary = match out.expect_line(SELFTEST_RUN, Layer::L2, "selftest: ") {
+        Ok(_) => out
+            .lines_of(SELFTEST_RUN, Layer::L2)
+            .filter(|l| l.text.contains(" passed, ") && l.text.contains(" failed"))
+            .last(),
+        Err(e) => panic!("{e}"),
+    };
+    let tail = out
+        .last_lines(&[Layer::L2, Layer::Dsavmm], Some(SELFTEST_RUN), 40)
+        .join("\n");
+    let Some(summary) = summary else {
+        panic!("dsavmm self-test guest printed no summary line\n{tail}");
+    };
+    assert!(
+        summary.text.contains(" 0 failed"),
+        "self-test guest failed in the rig: {}\n{tail}",
+        summary.text
+    );
+    assert_eq!(
+        out.runs[SELFTEST_RUN].exit,
+        Some(0),
+        "dsavmm exited non-zero after the self-test\n{tail}"
+    );
+}

@@ -1,0 +1,526 @@
+//! boot-to-guest-idxd: Debian's 6.12 kernel boots under dsavmm with a virtual DSA, and the **unmodified**
+//! Debian idxd driver and accel-config 3.5.3 probe, configure and enable it; dmatest (built out of tree
+//! from linux-source-6.12) then copies through the dedicated WQ's dmaengine channel, with several thread
+//! counts and buffer sizes (the 2 MiB maximum transfer included) and in `polled` mode; finally the WQ
+//! and the device are disabled, enabled again and used once more.
+//!
+//! Everything runs in one L1 boot of the nested rig, shared by the tests below: two dsavmm runs with
+//! different machine and device shapes ([`RUNS`]), each checked by every test; the guest's /init is `resources/guests/linux/init-idxd.sh` and its protocol is parsed by
+//! [`tests::IdxdReport`].
+//!
+//! The data path needs an L1 CPU that executes MOVDIR64B: the rig runs L1 on the patched QEMU of
+//! `resources/qemu/build.sh` (prebuilt cache: `DSAVMM_QEMU_CACHE`), where dsavmm's `--movdir64b auto`
+//! advertises the instruction and the L2 driver's portal stores reach dsavmm as emulation failures. When
+//! that QEMU is not available, the guest runs with `--movdir64b on` (the control path still works) and
+//! `rig.dmatest=0`, and `dmatest_*` fails saying that the data path was not exercised, unless
+//! `DSAVMM_IDXD_ALLOW_NO_DATAPATH=1` (then it passes with that statement on stderr).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tests::{
+    dsavmm_binary, patched_qemu, IdxdGuest, IdxdReport, Layer, Mode, NestedVm, RigOutput, Run,
+    StepStatus, L2_CMDLINE,
+};
+
+/// The dmatest cases of init-idxd.sh: (name, threads, buffer bytes, polled), in order.
+const DMATEST_CASES: [(&str, u32, u64, bool); 7] = [
+    ("t1-4k", 1, 4096, false),
+    ("t2-64k", 2, 65536, false),
+    ("t4-16k", 4, 16384, false),
+    ("t1-2m-max", 1, 2 << 20, false),
+    ("t2-2m-max", 2, 2 << 20, false),
+    ("polled", 1, 16384, true),
+    ("after-reenable", 1, 4096, false),
+];
+
+/// The dsavmm runs of the one L1 boot: (vCPUs, `--dsa` spec).
+const RUNS: [(u32, &str); 2] = [
+    (2, "backend=software"),
+    (1, "backend=software,wqs=1,engines=1,groups=1,wq-size=32"),
+];
+
+/// The run that is driven through the REST API: dsavmm serves `--api-sock` in L1, and once the
+/// guest has halted `dsavmm remote` reads the vDSA's counters (printed between the markers below)
+/// and shuts the VMM down.
+const API_RUN: usize = 0;
+const API_DSA_BEGIN: &str = "RIG-API-DSA-BEGIN";
+const API_DSA_END: &str = "RIG-API-DSA-END";
+
+/// A shell line for L1's /init that runs `dsavmm --api-sock S ARGS...`, waits for the guest to
+/// halt (or dsavmm to die), prints `GET /dsa/0` between markers, then sends `Shutdown`; its exit
+/// status is dsavmm's.
+fn api_run(args: &[&str]) -> Run {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let script = format!(
+        "S=/tmp/dsavmm-api.sock; dsavmm --api-sock $S {} & p=$!; \
+         while kill -0 $p 2>/dev/null && ! dsavmm remote --api-sock $S info 2>/dev/null | grep -q Halted; \
+         do sleep 1; done; \
+         echo {API_DSA_BEGIN}; dsavmm remote --api-sock $S dsa 0; echo; echo {API_DSA_END}; \
+         dsavmm remote --api-sock $S shutdown; wait $p",
+        quoted.join(" ")
+    );
+    Run::command("sh", ["-c".to_string(), script])
+}
+
+/// The vDSA counters `GET /dsa/0` returned in the API run.
+fn api_counters(out: &RigOutput) -> Result<serde_json::Value, String> {
+    let lines: Vec<&str> = out
+        .lines_of(API_RUN, Layer::L2)
+        .chain(out.lines_of(API_RUN, Layer::Dsavmm))
+        .map(|l| l.text.as_str())
+        .collect();
+    let begin = lines
+        .iter()
+        .position(|l| l.contains(API_DSA_BEGIN))
+        .ok_or("no GET /dsa/0 output in the API run")?;
+    let end = lines[begin..]
+        .iter()
+        .position(|l| l.contains(API_DSA_END))
+        .ok_or("GET /dsa/0 output not terminated")?;
+    let text: String = lines[begin + 1..begin + end].concat();
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("GET /dsa/0 is not JSON ({e}): {text}"))?;
+    Ok(v["counters"].clone())
+}
+
+/// The idxd runs' results, shared by the tests.
+struct Shared {
+    out: RigOutput,
+    /// One per entry of [`RUNS`].
+    reports: Vec<IdxdReport>,
+    /// `Err(why)` when dmatest was not run.
+    datapath: Result<(), String>,
+}
+
+/// One run's view.
+struct View<'a> {
+    out: &'a RigOutput,
+    report: &'a IdxdReport,
+    run: usize,
+    datapath: &'a Result<(), String>,
+}
+
+impl Shared {
+    fn views(&self) -> impl Iterator<Item = View<'_>> {
+        self.reports.iter().enumerate().map(|(run, report)| View {
+            out: &self.out,
+            report,
+            run,
+            datapath: &self.datapath,
+        })
+    }
+}
+
+fn shared() -> &'static Result<Shared, String> {
+    static OUT: OnceLock<Result<Shared, String>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let guest = IdxdGuest::get().map_err(|e| e.to_string())?;
+        let dsavmm = dsavmm_binary().map_err(|e| e.to_string())?;
+        let mut vm = NestedVm::new()
+            .dsavmm(&dsavmm)
+            .file("/l2/vmlinux", &guest.vmlinux)
+            .file("/l2/idxd", &guest.initramfs)
+            .expect_exit(None)
+            .timeout(Duration::from_secs(1500));
+        // Can the CPU that dsavmm runs on execute MOVDIR64B?
+        let datapath = match vm.resolved_mode() {
+            Mode::Direct => {
+                let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                if cpu.split_whitespace().any(|f| f == "movdir64b") {
+                    Ok(())
+                } else {
+                    Err("the host CPU does not execute MOVDIR64B".to_string())
+                }
+            }
+            _ => match patched_qemu() {
+                Ok(q) => {
+                    vm = vm.patched_qemu(&q);
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "the rig's MOVDIR64B-capable QEMU is not available, so L1 runs on stock \
+                     QEMU 7.2 whose TCG raises #UD on MOVDIR64B: {e}"
+                )),
+            },
+        };
+        let (movdir, dmatest) = if datapath.is_ok() {
+            ("auto", "1")
+        } else {
+            // The bit survives KVM_SET_CPUID2 in the rig, so the driver loads and the control path
+            // (plain MMIO) can be tested; a descriptor submission would #UD.
+            ("on", "0")
+        };
+        let cmdline = format!("{L2_CMDLINE} rig.dmatest={dmatest}");
+        let runs: Vec<Run> = RUNS
+            .iter()
+            .enumerate()
+            .map(|(i, (vcpus, dsa))| {
+                let vcpus = vcpus.to_string();
+                let args = [
+                    "run",
+                    "--kernel",
+                    "/l2/vmlinux",
+                    "--initramfs",
+                    "/l2/idxd",
+                    "--cmdline",
+                    &cmdline,
+                    "--memory",
+                    "512",
+                    "--vcpus",
+                    &vcpus,
+                    "--serial",
+                    "stdout",
+                    "--dsa",
+                    dsa,
+                    "--movdir64b",
+                    movdir,
+                ];
+                if i == API_RUN {
+                    api_run(&args)
+                } else {
+                    Run::dsavmm(args)
+                }
+            })
+            .collect();
+        let out = vm.run_all(&runs).map_err(|e| e.to_string())?;
+        let reports = (0..RUNS.len())
+            .map(|i| IdxdReport::parse(out.lines_of(i, Layer::L2).map(|l| l.text.as_str())))
+            .collect();
+        eprintln!(
+            "rig mode {:?}: QEMU start to L1 /init {:?}, to /dev/kvm ready {:?}; L1 CPU executes \
+             MOVDIR64B: {:?}; transcript {:?}",
+            out.mode,
+            out.l1_init,
+            out.l1_ready,
+            out.host_movdir64b(),
+            out.log,
+        );
+        for (i, r) in out.runs.iter().enumerate() {
+            eprintln!(
+                "run {i} ({:?}): {:?}, exit {:?}",
+                RUNS.get(i),
+                r.ended.zip(r.started).map(|(e, s)| e - s),
+                r.exit
+            );
+        }
+        Ok(Shared {
+            out,
+            reports,
+            datapath,
+        })
+    })
+}
+
+fn get() -> &'static Shared {
+    match shared() {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The run's last L2 and dsavmm lines, for failure messages.
+fn tail(s: &View, n: usize) -> String {
+    format!(
+        "run {} ({:?}):\n{}",
+        s.run,
+        RUNS.get(s.run),
+        s.out
+            .last_lines(&[Layer::L2, Layer::Dsavmm], Some(s.run), n)
+            .join("\n")
+    )
+}
+
+/// Assert that the named steps printed OK; print each step's host time since dsavmm started.
+fn expect_steps(s: &View, names: &[&str]) {
+    if s.report.start.is_none() {
+        panic!(
+            "the idxd guest's /init never started (no IDXD-START line); dsavmm exit {:?}\n{}",
+            s.out.runs.get(s.run).and_then(|r| r.exit),
+            tail(s, 40)
+        );
+    }
+    for name in names {
+        let Some(step) = s.report.step(name) else {
+            panic!(
+                "run {}: guest step {name:?} never ran; failed steps: {:?}\n{}",
+                s.run,
+                s.report
+                    .failed_steps()
+                    .iter()
+                    .map(|s| &s.text)
+                    .collect::<Vec<_>>(),
+                tail(s, 40)
+            );
+        };
+        assert_eq!(
+            step.status,
+            StepStatus::Ok,
+            "run {}: guest step {name:?} failed: {}\nkernel log:\n{}\n{}",
+            s.run,
+            step.text,
+            s.report.dmesg.join("\n"),
+            tail(s, 30)
+        );
+        if let Some(line) = s
+            .out
+            .lines_of(s.run, Layer::L2)
+            .find(|l| l.text.contains(&step.text))
+        {
+            eprintln!(
+                "run {}: {name}: dsavmm start + {:?} (guest uptime {:?} s)",
+                s.run,
+                s.out.since_start(s.run, line),
+                step.uptime
+            );
+        }
+    }
+}
+
+/// idxd.ko loads (MOVDIR64B in the guest CPUID), probes the vDSA, and logs no failure or error.
+#[test]
+fn idxd_probes_the_vdsa_without_errors() {
+    for s in get().views() {
+        eprintln!(
+            "run {}: {}",
+            s.run,
+            s.report.start.as_deref().unwrap_or("(no IDXD-START)")
+        );
+        expect_steps(&s, &["modules", "probe"]);
+        let errors = s.report.idxd_errors();
+        assert!(
+            errors.is_empty(),
+            "run {}: the idxd driver logged failures/errors:\n{}",
+            s.run,
+            errors.join("\n")
+        );
+        for l in s.report.dmesg.iter().filter(|l| l.contains("idxd")) {
+            eprintln!("run {}: dmesg: {l}", s.run);
+        }
+    }
+}
+
+/// accel-config configures one group, one engine and one dedicated kernel WQ and enables the device
+/// and the WQ; the WQ's dmaengine channel appears in /sys/class/dma.
+#[test]
+fn accel_config_enables_device_wq_and_channel() {
+    for s in get().views() {
+        expect_steps(&s, &["config", "enable-device", "enable-wq", "dma-channel"]);
+    }
+}
+
+/// `accel-config list` shows the enabled device and WQ.
+#[test]
+fn accel_config_list_shows_the_state() {
+    for s in get().views() {
+        expect_steps(&s, &["list"]);
+        let joined: String = s
+            .report
+            .list
+            .iter()
+            .flat_map(|l| l.chars())
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        for want in [
+            "\"dev\":\"dsa0\"",
+            "\"dev\":\"wq0.0\"",
+            "\"dev\":\"engine0.0\"",
+            "\"state\":\"enabled\"",
+            "\"mode\":\"dedicated\"",
+            "\"driver_name\":\"dmaengine\"",
+        ] {
+            assert!(
+                joined.contains(want),
+                "run {}: accel-config list lacks {want}:\n{}",
+                s.run,
+                s.report.list.join("\n")
+            );
+        }
+    }
+}
+
+/// dmatest through the dedicated WQ: every case, every thread, `N tests, 0 failures` with N equal to
+/// the iterations asked for (N > 0); 2 MiB transfers (the WQ maximum) included.
+#[test]
+fn dmatest_runs_with_zero_failures() {
+    let shared = get();
+    if let Err(why) = &shared.datapath {
+        let msg = format!(
+            "DATA PATH NOT EXERCISED: dmatest was not run because {why}. The control path tests \
+             ran with --movdir64b on."
+        );
+        if std::env::var("DSAVMM_IDXD_ALLOW_NO_DATAPATH").as_deref() == Ok("1") {
+            eprintln!("{msg} (allowed by DSAVMM_IDXD_ALLOW_NO_DATAPATH=1)");
+            return;
+        }
+        panic!("{msg} Set DSAVMM_IDXD_ALLOW_NO_DATAPATH=1 to accept that.");
+    }
+    if shared.out.mode != Mode::Direct {
+        assert_eq!(
+            shared.out.host_movdir64b(),
+            Some(true),
+            "L1 runs on the patched QEMU but its CPU does not show MOVDIR64B"
+        );
+    }
+    for s in shared.views() {
+        assert!(s.datapath.is_ok());
+        assert_eq!(
+            s.report.movdir64b,
+            Some(true),
+            "the L2 CPUID lacks MOVDIR64B under --movdir64b auto\n{}",
+            tail(&s, 20)
+        );
+        expect_steps(&s, &["dmatest-load"]);
+        for (case, threads, buf, polled) in DMATEST_CASES {
+            expect_steps(&s, &[&format!("dmatest:{case}")]);
+            let sums = s.report.dmatest_case(case);
+            assert_eq!(
+                sums.len(),
+                threads as usize,
+                "run {}: dmatest case {case}: {} thread summaries, expected {threads}",
+                s.run,
+                sums.len()
+            );
+            for d in sums {
+                eprintln!(
+                    "run {}: dmatest {case} (threads={threads} buf={buf} polled={polled}): {}",
+                    s.run, d.summary
+                );
+                assert_eq!((d.buf, d.polled), (buf, polled), "case {case} parameters");
+                assert!(
+                    d.tests > 0 && d.tests == d.iters && d.failures == 0,
+                    "run {}: dmatest case {case}: {}",
+                    s.run,
+                    d.summary
+                );
+            }
+        }
+        // Completions arrive by interrupt on the WQ's MSI-X vector (several may share one).
+        let total: u64 = s
+            .report
+            .dmatest
+            .iter()
+            .filter(|d| d.case != "after-reenable")
+            .map(|d| d.tests)
+            .sum();
+        eprintln!(
+            "run {}: {total} dmatest descriptors, {:?} interrupts on the WQ vector before the re-enable",
+            s.run, s.report.portal_irqs
+        );
+        assert!(
+            s.report.portal_irqs.is_some_and(|n| n > 0),
+            "run {}: no interrupt on the WQ's vector (idxd-portal) after dmatest",
+            s.run
+        );
+        expect_steps(&s, &["dmatest-unload"]);
+        if let Some(l) = s
+            .report
+            .dmesg
+            .iter()
+            .find(|l| l.contains("polled disabled"))
+        {
+            eprintln!(
+                "run {}: note: dmatest turned polling off for this channel (idxd declares \
+                 DMA_COMPLETION_NO_ORDER): {l}",
+                s.run
+            );
+        }
+    }
+}
+
+/// disable-wq, disable-device, and enable again work, without an oops; the guest's verdict is PASS and
+/// dsavmm exits 0 after the guest powers off.
+#[test]
+fn disable_and_reenable_without_oops() {
+    for s in get().views() {
+        expect_steps(
+            &s,
+            &[
+                "disable-wq",
+                "disable-device",
+                "reconfig",
+                "reenable-device",
+                "reenable-wq",
+                "reenable-dma-channel",
+                "final-disable",
+            ],
+        );
+        assert!(
+            s.report.oops.is_empty(),
+            "run {}: the L2 kernel oopsed or warned:\n{}",
+            s.run,
+            s.report.oops.join("\n")
+        );
+        assert_eq!(
+            s.report.verdict,
+            Some(true),
+            "guest verdict: failed steps {:?}\n{}",
+            s.report
+                .failed_steps()
+                .iter()
+                .map(|s| &s.text)
+                .collect::<Vec<_>>(),
+            tail(&s, 30)
+        );
+        assert_eq!(
+            s.out.runs.get(s.run).and_then(|r| r.exit),
+            Some(0),
+            "dsavmm did not exit 0 after the guest powered off\n{}",
+            tail(&s, 30)
+        );
+    }
+}
+
+/// The vDSA's own counters, read through the REST API after the guest halted, agree with what
+/// dmatest did: one MEMMOVE per dmatest test, all successful, with interrupts, and nothing dropped.
+#[test]
+fn vdsa_counters_through_the_api_match_dmatest() {
+    let shared = get();
+    if shared.datapath.is_err() {
+        eprintln!("skipped: dmatest did not run (see dmatest_runs_with_zero_failures)");
+        return;
+    }
+    let counters = match api_counters(&shared.out) {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "{e}\n{}",
+            shared
+                .out
+                .last_lines(&[Layer::L2, Layer::Dsavmm], Some(API_RUN), 30)
+                .join("\n")
+        ),
+    };
+    let report = &shared.reports[API_RUN];
+    let tests: u64 = report.dmatest.iter().map(|d| d.tests).sum();
+    assert!(tests > 0, "dmatest ran no test");
+    let memmove = counters["by_opcode"]["memmove"].as_u64().unwrap_or(0);
+    eprintln!("API run: dmatest tests {tests}, vDSA counters {counters}");
+    assert_eq!(
+        memmove, tests,
+        "vDSA MEMMOVE count vs dmatest tests: {counters}"
+    );
+    let ok = counters["completion_status"]["0x01"].as_u64().unwrap_or(0);
+    assert!(
+        ok >= memmove,
+        "fewer successful completions than copies: {counters}"
+    );
+    assert!(
+        counters["completion_interrupts"].as_u64().unwrap_or(0) > 0,
+        "{counters}"
+    );
+    assert!(
+        counters["bytes"].as_u64().unwrap_or(0) >= tests,
+        "{counters}"
+    );
+    for zero in [
+        "dropped_portal_writes",
+        "bad_portal_writes",
+        "wq_full_drops",
+        "software_errors",
+    ] {
+        assert_eq!(counters[zero].as_u64(), Some(0), "{zero}: {counters}");
+    }
+}
