@@ -219,21 +219,23 @@ pub fn wait_irq(vector: u8, before: u64, ms: u64) -> bool {
 }
 
 /// MOVDIR64B of the 64 bytes at `src` to the portal address `dst`: the
-/// kernel's encoding `66 0F 38 F8 02` (movdir64b rax, [rdx], section 11).
-/// Not gated on CPUID: dsavmm emulates it for portal pages even when the
-/// guest CPUID does not show it.
+/// kernel's encoding `66 0F 38 F8 02` (movdir64b rax, [rdx], section 11), in
+/// `entry.rs`. Not gated on CPUID: dsavmm emulates it for portal pages even
+/// when the guest CPUID does not show it. Where the CPU raises #UD instead
+/// (stock QEMU TCG under a nested KVM), the handler skips it and
+/// [`movdir64b_faults`] counts it.
 pub fn movdir64b(dst: u64, src: &Desc) {
     // SAFETY: `dst` is a 64-byte aligned portal address in a BAR this driver
-    // mapped; `src` is a live 64-byte descriptor. The instruction only reads
-    // `src` and writes the portal.
-    unsafe {
-        core::arch::asm!(
-            ".byte 0x66, 0x0f, 0x38, 0xf8, 0x02",
-            in("rax") dst,
-            in("rdx") src as *const Desc,
-            options(nostack, preserves_flags)
-        );
-    }
+    // mapped; `src` is a live 64-byte descriptor. The routine only reads
+    // `src`, writes the portal and clobbers RAX/RDX (caller-saved).
+    unsafe { crate::entry::selftest_movdir64b(dst, (src as *const Desc).cast::<u8>()) };
+}
+
+/// How many MOVDIR64Bs raised #UD so far.
+pub fn movdir64b_faults() -> u64 {
+    // SAFETY: only a shared reference to the atomic counter is taken.
+    let c = unsafe { &crate::entry::selftest_movdir64b_ud };
+    c.load(core::sync::atomic::Ordering::Acquire)
 }
 
 /// One DSA function as found and configured by this driver.

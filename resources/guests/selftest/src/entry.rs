@@ -130,6 +130,9 @@ selftest_timer_ticks:
     .globl selftest_irq_counts
 selftest_irq_counts:
     .fill IRQ_STUBS, 8, 0
+    .globl selftest_movdir64b_ud
+selftest_movdir64b_ud:
+    .quad 0
     .globl selftest_irq_tsc
 selftest_irq_tsc:
     .fill IRQ_STUBS, 8, 0
@@ -364,6 +367,38 @@ selftest_timer_isr:
 selftest_spurious_isr:
     iretq
 
+    /* MOVDIR64B as the kernel encodes it (movdir64b rax, [rdx]):          */
+    /* selftest_movdir64b(dst = rdi, src = rsi).                            */
+    .balign 16
+    .globl selftest_movdir64b
+selftest_movdir64b:
+    movq %rdi, %rax
+    movq %rsi, %rdx
+    .globl selftest_movdir64b_insn
+selftest_movdir64b_insn:
+    .byte 0x66, 0x0f, 0x38, 0xf8, 0x02
+    ret
+
+    /* #UD: at selftest_movdir64b_insn (a CPU or emulator without          */
+    /* MOVDIR64B, e.g. stock QEMU TCG under a nested KVM) count it and     */
+    /* skip the 5 bytes; anywhere else report it like other exceptions.    */
+    .balign 16
+    .globl selftest_ud_isr
+selftest_ud_isr:
+    pushq %rax
+    leaq selftest_movdir64b_insn(%rip), %rax
+    cmpq %rax, 8(%rsp)
+    jne 5f
+    addq $5, 8(%rsp)
+    lock incq selftest_movdir64b_ud(%rip)
+    popq %rax
+    iretq
+5:
+    popq %rax
+    pushq $0
+    pushq $6
+    jmp selftest_exc_common
+
     /* Counting stubs: vector IRQ_FIRST + i stores the TSC in               */
     /* selftest_irq_tsc[i], increments selftest_irq_counts[i] and EOIs      */
     /* (device MSI-X completions, the AP wake IPI). 64 bytes each.          */
@@ -406,6 +441,9 @@ selftest_irq_common:
 );
 
 extern "C" {
+    /// MOVDIR64B of the 64 bytes at `src` to `dst` (`66 0F 38 F8 02`); a #UD
+    /// is skipped and counted in [`selftest_movdir64b_ud`].
+    pub fn selftest_movdir64b(dst: u64, src: *const u8);
     /// First byte of the AP trampoline (in the kernel image).
     pub static ap_tramp_start: u8;
     /// One past the last byte of the AP trampoline.
@@ -424,6 +462,10 @@ extern "C" {
     pub static selftest_irq_stubs: u8;
     /// Interrupt counts of the counting stubs, one per vector from [`IRQ_FIRST_VECTOR`].
     pub static selftest_irq_counts: [core::sync::atomic::AtomicU64; IRQ_STUBS];
+    /// #UD handler that skips a MOVDIR64B the CPU does not execute.
+    pub static selftest_ud_isr: u8;
+    /// How many times `selftest_movdir64b` raised #UD.
+    pub static selftest_movdir64b_ud: core::sync::atomic::AtomicU64;
     /// TSC at the last interrupt of each counting stub.
     pub static selftest_irq_tsc: [core::sync::atomic::AtomicU64; IRQ_STUBS];
     /// DMA buffer memory ([`DMA_SIZE`] bytes, identity mapped, contents undefined at boot).
