@@ -41,6 +41,17 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// Reads a 32-bit word from an I/O port.
+#[inline]
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
 /// Reads a model-specific register.
 #[inline]
 pub fn rdmsr(msr: u32) -> u64 {
@@ -78,6 +89,15 @@ pub fn cli() {
 pub fn sti_hlt() {
     // SAFETY: ring 0; the IDT is loaded before this is used.
     unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Whether RFLAGS.IF is set.
+#[inline]
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: pushes and pops RFLAGS on the current stack.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & (1 << 9) != 0
 }
 
 /// Enables interrupts.

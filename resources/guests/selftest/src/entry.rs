@@ -37,6 +37,14 @@ pub const TIMER_VECTOR: u8 = 0x40;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Size of one exception stub (they are laid out every 16 bytes).
 pub const EXC_STUB_SIZE: u64 = 16;
+/// First vector of the counting interrupt stubs (device MSI-X vectors, the AP wake IPI).
+pub const IRQ_FIRST_VECTOR: u8 = 0x50;
+/// Number of counting interrupt stubs (vectors `IRQ_FIRST_VECTOR..IRQ_FIRST_VECTOR + n`).
+pub const IRQ_STUBS: usize = 80;
+/// Size of one counting interrupt stub.
+pub const IRQ_STUB_SIZE: u64 = 64;
+/// Bytes of DMA buffer memory (`selftest_dma`, 4 KiB aligned, not cleared, not loaded).
+pub const DMA_SIZE: usize = 1 << 20;
 
 global_asm!(
     r#"
@@ -44,6 +52,8 @@ global_asm!(
     .set AP_STACK_SIZE, {ap_stack}
     .set MAX_CPUS, {max_cpus}
     .set AP_TRAMP, {ap_tramp}
+    .set IRQ_STUBS, {irq_stubs}
+    .set DMA_SIZE, {dma_size}
 
     /* ---------------------------------------------------------------- */
     /* PVH note: XEN_ELFNOTE_PHYS32_ENTRY (18), 8-byte descriptor as     */
@@ -116,16 +126,31 @@ selftest_ap_next:
     .globl selftest_timer_ticks
 selftest_timer_ticks:
     .quad 0
+    .balign 8
+    .globl selftest_irq_counts
+selftest_irq_counts:
+    .fill IRQ_STUBS, 8, 0
+    .globl selftest_movdir64b_ud
+selftest_movdir64b_ud:
+    .quad 0
+    .globl selftest_irq_tsc
+selftest_irq_tsc:
+    .fill IRQ_STUBS, 8, 0
 
     /* ---------------------------------------------------------------- */
     .section .stack, "aw", @nobits
     .balign 4096
+    .globl selftest_bsp_stack
 selftest_bsp_stack:
     .skip BSP_STACK_SIZE
 selftest_bsp_stack_top:
     .globl selftest_ap_stacks
 selftest_ap_stacks:
     .skip AP_STACK_SIZE * (MAX_CPUS - 1)
+    .balign 4096
+    .globl selftest_dma
+selftest_dma:
+    .skip DMA_SIZE
 
     /* ---------------------------------------------------------------- */
     /* 32-bit: enable PAE+SSE, load CR3, set EFER.LME, enable paging and  */
@@ -342,11 +367,73 @@ selftest_timer_isr:
 selftest_spurious_isr:
     iretq
 
+    /* MOVDIR64B as the kernel encodes it (movdir64b rax, [rdx]):          */
+    /* selftest_movdir64b(dst = rdi, src = rsi).                            */
+    .balign 16
+    .globl selftest_movdir64b
+selftest_movdir64b:
+    movq %rdi, %rax
+    movq %rsi, %rdx
+    .globl selftest_movdir64b_insn
+selftest_movdir64b_insn:
+    .byte 0x66, 0x0f, 0x38, 0xf8, 0x02
+    ret
+
+    /* #UD: at selftest_movdir64b_insn (a CPU or emulator without          */
+    /* MOVDIR64B, e.g. stock QEMU TCG under a nested KVM) count it and     */
+    /* skip the 5 bytes; anywhere else report it like other exceptions.    */
+    .balign 16
+    .globl selftest_ud_isr
+selftest_ud_isr:
+    pushq %rax
+    leaq selftest_movdir64b_insn(%rip), %rax
+    cmpq %rax, 8(%rsp)
+    jne 5f
+    addq $5, 8(%rsp)
+    lock incq selftest_movdir64b_ud(%rip)
+    popq %rax
+    iretq
+5:
+    popq %rax
+    pushq $0
+    pushq $6
+    jmp selftest_exc_common
+
+    /* Counting stubs: vector IRQ_FIRST + i stores the TSC in               */
+    /* selftest_irq_tsc[i], increments selftest_irq_counts[i] and EOIs      */
+    /* (device MSI-X completions, the AP wake IPI). 64 bytes each.          */
+    .balign 64
+    .globl selftest_irq_stubs
+selftest_irq_stubs:
+    .set __st_irq_i, 0
+    .rept IRQ_STUBS
+    .balign 64
+    pushq %rax
+    pushq %rdx
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    movq %rax, selftest_irq_tsc + 8 * __st_irq_i(%rip)
+    popq %rdx
+    popq %rax
+    lock incq selftest_irq_counts + 8 * __st_irq_i(%rip)
+    jmp selftest_irq_common
+    .set __st_irq_i, __st_irq_i + 1
+    .endr
+selftest_irq_common:
+    pushq %rax
+    movabsq $0xfee000b0, %rax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
     .text
 "#,
     bsp_stack = const BSP_STACK_SIZE,
     ap_stack = const AP_STACK_SIZE,
     max_cpus = const MAX_CPUS,
+    irq_stubs = const IRQ_STUBS,
+    dma_size = const DMA_SIZE,
     ap_tramp = const AP_TRAMPOLINE,
     linux64 = const BOOT_LINUX64,
     pvh = const BOOT_PVH,
@@ -354,6 +441,9 @@ selftest_spurious_isr:
 );
 
 extern "C" {
+    /// MOVDIR64B of the 64 bytes at `src` to `dst` (`66 0F 38 F8 02`); a #UD
+    /// is skipped and counted in [`selftest_movdir64b_ud`].
+    pub fn selftest_movdir64b(dst: u64, src: *const u8);
     /// First byte of the AP trampoline (in the kernel image).
     pub static ap_tramp_start: u8;
     /// One past the last byte of the AP trampoline.
@@ -366,6 +456,20 @@ extern "C" {
     pub static selftest_spurious_isr: u8;
     /// Timer interrupt count, incremented by `selftest_timer_isr`.
     pub static selftest_timer_ticks: core::sync::atomic::AtomicU64;
+    /// Lowest byte of the BSP stack ([`BSP_STACK_SIZE`] bytes).
+    pub static selftest_bsp_stack: u8;
+    /// Start of the counting interrupt stubs, [`IRQ_STUB_SIZE`] bytes apart.
+    pub static selftest_irq_stubs: u8;
+    /// Interrupt counts of the counting stubs, one per vector from [`IRQ_FIRST_VECTOR`].
+    pub static selftest_irq_counts: [core::sync::atomic::AtomicU64; IRQ_STUBS];
+    /// #UD handler that skips a MOVDIR64B the CPU does not execute.
+    pub static selftest_ud_isr: u8;
+    /// How many times `selftest_movdir64b` raised #UD.
+    pub static selftest_movdir64b_ud: core::sync::atomic::AtomicU64;
+    /// TSC at the last interrupt of each counting stub.
+    pub static selftest_irq_tsc: [core::sync::atomic::AtomicU64; IRQ_STUBS];
+    /// DMA buffer memory ([`DMA_SIZE`] bytes, identity mapped, contents undefined at boot).
+    pub static selftest_dma: u8;
     /// The page directory used as a window onto RAM above 4 GiB.
     pub static selftest_pd_window: u8;
     /// First byte of the loaded image.

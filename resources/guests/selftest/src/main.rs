@@ -21,11 +21,14 @@ mod apic;
 mod bootinfo;
 mod cpu;
 mod cpuid;
+mod dsa;
+mod dsatest;
 mod e820;
 mod entry;
 mod fmt;
 mod idt;
 mod mem;
+mod pci;
 mod phys;
 mod poweroff;
 mod serial;
@@ -40,6 +43,7 @@ use bootinfo::{BootInfo, BootKind};
 #[no_mangle]
 extern "C" fn rust_main(kind: u32, arg: u64) -> ! {
     let start = cpu::rdtsc();
+    stack_paint();
     serial::init();
     let kind = if kind == entry::BOOT_PVH {
         BootKind::Pvh
@@ -72,9 +76,62 @@ extern "C" fn rust_main(kind: u32, arg: u64) -> ! {
         core::ptr::addr_of!(entry::__kernel_start) as u64,
         core::ptr::addr_of!(entry::__kernel_end) as u64,
     );
-    let runner = tests::run_all(&mut boot, kernel, start);
+    let mut runner = tests::run_all(&mut boot, kernel, start);
+    let used = stack_used();
+    tests::info(|l| {
+        l.s("bsp_stack_used=")
+            .dec(used as u64)
+            .s(" of ")
+            .dec(entry::BSP_STACK_SIZE as u64);
+    });
+    if used > entry::BSP_STACK_SIZE * 3 / 4 {
+        runner.report(
+            "stack",
+            tests::Outcome::Fail({
+                let mut l = fmt::Line::new();
+                l.s("BSP stack use above 3/4 of its size");
+                l
+            }),
+        );
+    }
     runner.summary();
     poweroff::exit(runner.failed)
+}
+
+/// Value the unused BSP stack is painted with.
+const STACK_PAINT: u64 = 0x5354_4143_4b50_4e54;
+
+/// Paints the BSP stack below the current frame (minus a margin) with
+/// [`STACK_PAINT`] (one `rep stosq`).
+fn stack_paint() {
+    let bottom = core::ptr::addr_of!(entry::selftest_bsp_stack) as u64;
+    let rsp: u64;
+    // SAFETY: reads RSP only.
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags))
+    };
+    let end = rsp.saturating_sub(512) & !7;
+    if end > bottom {
+        // SAFETY: [bottom, end) is the unused part of this CPU's own stack,
+        // below the live frames; DF is clear.
+        unsafe {
+            core::arch::asm!("rep stosq", inout("rcx") (end - bottom) / 8 => _,
+                inout("rdi") bottom => _, in("rax") STACK_PAINT, options(nostack, preserves_flags));
+        }
+    }
+}
+
+/// Deepest BSP stack use so far, in bytes (the first overwritten paint word).
+fn stack_used() -> usize {
+    let bottom = core::ptr::addr_of!(entry::selftest_bsp_stack) as u64;
+    let rem: u64;
+    // SAFETY: scans the BSP stack from its bottom (readable memory); DF is clear.
+    unsafe {
+        core::arch::asm!("repe scasq", inout("rcx") (entry::BSP_STACK_SIZE / 8) as u64 => rem,
+            inout("rdi") bottom => _, in("rax") STACK_PAINT, options(nostack, readonly));
+    }
+    // rcx counts the qwords left after the first mismatch.
+    ((rem + 1) * 8) as usize
 }
 
 #[panic_handler]

@@ -1,7 +1,10 @@
 //! Application processor bring-up through the xAPIC: the real-mode trampoline
 //! (`entry.rs`) is copied to [`AP_TRAMPOLINE`], each AP listed in the MADT gets
 //! INIT, SIPI, SIPI, and checks in from Rust (`ap_main`) in long mode.
-//! APs then halt with interrupts off.
+//! APs then wait for work: they halt with interrupts enabled, and the BSP
+//! posts a job generation and wakes them with a fixed IPI ([`WAKE_VECTOR`],
+//! a counting stub); each AP runs [`crate::dsatest::ap_work`] once per
+//! generation and reports back through [`run_on_aps`].
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -15,16 +18,82 @@ static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
 /// APIC ID + 1 of each AP that checked in, by trampoline index (0 = none).
 static AP_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
+/// Vector of the IPI that wakes APs for work (a counting stub).
+pub const WAKE_VECTOR: u8 = 0x9f;
+/// Job generation posted by the BSP (0: none yet).
+static JOB_GEN: AtomicU32 = AtomicU32::new(0);
+/// Last job generation each AP finished, by trampoline index.
+static JOB_DONE: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
 /// Rust entry of an AP: `index` is 1.. in arrival order.
 #[no_mangle]
 extern "C" fn ap_main(index: u32) -> ! {
     crate::idt::load();
     let id = apic::id();
-    if let Some(slot) = AP_IDS.get(index as usize) {
-        slot.store(id.wrapping_add(1), Ordering::Release);
-    }
+    let Some(slot) = AP_IDS.get(index as usize) else {
+        halt_forever()
+    };
+    apic::enable(crate::entry::SPURIOUS_VECTOR);
+    slot.store(id.wrapping_add(1), Ordering::Release);
     CHECKED_IN.fetch_add(1, Ordering::AcqRel);
-    halt_forever()
+    let mut done = 0;
+    loop {
+        crate::cpu::cli();
+        let gen = JOB_GEN.load(Ordering::Acquire);
+        if gen != done {
+            crate::dsatest::ap_work(index as usize);
+            done = gen;
+            if let Some(d) = JOB_DONE.get(index as usize) {
+                d.store(gen, Ordering::Release);
+            }
+            continue;
+        }
+        // `sti; hlt` is atomic: a wake IPI sent after the check above ends the HLT.
+        crate::cpu::sti_hlt();
+    }
+}
+
+/// Trampoline indices of the APs that checked in, via `f`.
+pub fn for_each_online_index(mut f: impl FnMut(usize)) {
+    for (i, s) in AP_IDS.iter().enumerate() {
+        if s.load(Ordering::Acquire) != 0 {
+            f(i);
+        }
+    }
+}
+
+/// Posts a new job generation, wakes every online AP, runs `bsp_share` on the
+/// BSP meanwhile, then waits up to `timeout_ms` for the APs; returns how many
+/// APs finished.
+pub fn run_on_aps(timeout_ms: u64, bsp_share: impl FnOnce()) -> usize {
+    let gen = JOB_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+    for (i, s) in AP_IDS.iter().enumerate() {
+        let v = s.load(Ordering::Acquire);
+        if v != 0 && i != 0 {
+            apic::send_ipi(v - 1, 0x4000 | u32::from(WAKE_VECTOR));
+        }
+    }
+    bsp_share();
+    let deadline = Deadline::after_ms(timeout_ms);
+    loop {
+        let mut want = 0;
+        let mut got = 0;
+        for (i, s) in AP_IDS.iter().enumerate() {
+            if s.load(Ordering::Acquire) != 0 {
+                want += 1;
+                if JOB_DONE
+                    .get(i)
+                    .is_some_and(|d| d.load(Ordering::Acquire) == gen)
+                {
+                    got += 1;
+                }
+            }
+        }
+        if got == want || deadline.passed() {
+            return got;
+        }
+        pause();
+    }
 }
 
 /// Result of bringing up the APs.
