@@ -88,14 +88,22 @@ impl LogControl {
             .map_err(|e| LogError::Setup(e.to_string()))
     }
 
-    /// Sends logs to `path` (appending), or back to stderr for `-`.
+    /// Sends logs to `path`, an existing file (appended to) or FIFO, or back to stderr for `-`.
+    /// The file is never created: an API client must not be able to make files appear on the
+    /// host (the same rule as Firecracker's logger).
     pub fn set_path(&self, path: &str) -> Result<(), LogError> {
         let w: Box<dyn Write + Send> = if path == "-" {
             Box::new(io::stderr())
         } else {
+            let meta = std::fs::metadata(path).map_err(|e| LogError::Path(path.into(), e))?;
+            if !(meta.is_file() || std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type())) {
+                return Err(LogError::Path(
+                    path.into(),
+                    io::Error::other("not a regular file or FIFO"),
+                ));
+            }
             Box::new(
                 OpenOptions::new()
-                    .create(true)
                     .append(true)
                     .open(Path::new(path))
                     .map_err(|e| LogError::Path(path.into(), e))?,

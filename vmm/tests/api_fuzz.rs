@@ -14,6 +14,8 @@ fn openapi_fuzz_finds_no_server_errors() {
     let mut vmm = Command::new(env!("CARGO_BIN_EXE_dsavmm"))
         .arg("--api-sock")
         .arg(&sock)
+        // The fuzzer sends arbitrary paths (log files, kernels): nothing may land in the checkout.
+        .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -27,6 +29,7 @@ fn openapi_fuzz_finds_no_server_errors() {
     let out = Command::new("bash")
         .arg(script)
         .arg(&sock)
+        .current_dir(&dir)
         .env("SCHEMATHESIS_SKIP_ACTIONS", "1")
         .env("SCHEMATHESIS_MAX_EXAMPLES", "10")
         .env("SCHEMATHESIS_MAX_TIME", "90")
@@ -44,4 +47,15 @@ fn openapi_fuzz_finds_no_server_errors() {
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
     assert!(text.contains("passed"), "schemathesis ran no case:\n{text}");
     assert!(alive, "dsavmm died under the fuzzer");
+    // PUT /logger never creates files, whatever path the fuzzer sent.
+    let created: Vec<_> = std::fs::read_dir(std::env::current_dir().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            !["Cargo.toml", "benches", "build.rs", "src", "tests"].contains(&n.as_ref())
+        })
+        .collect();
+    assert!(created.is_empty(), "files appeared in the package dir: {created:?}");
 }
