@@ -57,5 +57,8 @@ fn openapi_fuzz_finds_no_server_errors() {
             !["Cargo.toml", "benches", "build.rs", "src", "tests"].contains(&n.as_ref())
         })
         .collect();
-    assert!(created.is_empty(), "files appeared in the package dir: {created:?}");
+    assert!(
+        created.is_empty(),
+        "files appeared in the package dir: {created:?}"
+    );
 }
