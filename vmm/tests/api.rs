@@ -1,19 +1,15 @@
 //! The REST API end to end: a real `dsavmm --api-sock` process, real HTTP over the UNIX socket,
 //! real KVM guests. Skips (with the reason) where /dev/kvm is absent.
 
+mod common;
+
+use common::{kvm_available, selftest_elf};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::api_call;
-
-fn kvm_available() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 struct Vmm {
     child: Child,
@@ -128,7 +124,6 @@ fn pio_exits(metrics: &str) -> u64 {
 #[test]
 fn configure_boot_pause_resume_shutdown() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     let vmm = Vmm::start("lifecycle", &[]);
@@ -218,17 +213,10 @@ fn configure_boot_pause_resume_shutdown() {
 #[test]
 fn selftest_guest_over_api_then_halted() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     let vmm = Vmm::start("selftest", &[]);
-    let elf = vmm.dir.join("selftest.elf");
-    let st = Command::new(env!("CARGO_BIN_EXE_dsavmm"))
-        .args(["selftest-image", "--output"])
-        .arg(&elf)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let elf = selftest_elf(&vmm.dir);
     vmm.ok(
         "PUT",
         "/machine-config",
@@ -262,7 +250,6 @@ fn selftest_guest_over_api_then_halted() {
 #[test]
 fn error_classes() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     let vmm = Vmm::start("errors", &[]);
@@ -360,7 +347,6 @@ fn error_classes() {
 #[test]
 fn run_with_api_sock_and_remote_client() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     let dir = std::env::temp_dir().join(format!("dsavmm-api-{}-run-elf", std::process::id()));
@@ -407,18 +393,11 @@ fn run_with_api_sock_and_remote_client() {
 #[test]
 fn config_file_boots_the_vm() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     let dir = std::env::temp_dir().join(format!("dsavmm-api-{}-cfg", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let elf = dir.join("selftest.elf");
-    assert!(Command::new(env!("CARGO_BIN_EXE_dsavmm"))
-        .args(["selftest-image", "--output"])
-        .arg(&elf)
-        .status()
-        .unwrap()
-        .success());
+    let elf = selftest_elf(&dir);
     let cfg = dir.join("vm.json");
     std::fs::write(
         &cfg,

@@ -2,15 +2,11 @@
 //! shapes and DSA geometries, and `run --kernel <selftest ELF>` with an initramfs whose bytes the
 //! guest checks. Each run must end with `N passed, 0 failed` and exit status 0.
 
-use std::process::Command;
+mod common;
 
-fn kvm_available() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
+use common::{kvm_available, selftest_elf};
+
+use std::process::Command;
 
 /// Runs dsavmm with `args`; returns the guest's summary line after asserting success.
 fn expect_pass(args: &[&str]) -> String {
@@ -39,7 +35,6 @@ fn expect_pass(args: &[&str]) -> String {
 #[test]
 fn default_command_passes() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     expect_pass(&[]);
@@ -48,7 +43,6 @@ fn default_command_passes() {
 #[test]
 fn machine_shapes_and_dsa_geometries() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     for args in [
@@ -92,18 +86,11 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[test]
 fn run_selftest_elf_with_initrd() {
     if !kvm_available() {
-        eprintln!("skipped: /dev/kvm is not available");
         return;
     }
     let dir = std::env::temp_dir().join(format!("dsavmm-selftest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let elf = dir.join("selftest.elf");
-    let st = Command::new(env!("CARGO_BIN_EXE_dsavmm"))
-        .args(["selftest-image", "--output"])
-        .arg(&elf)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let elf = selftest_elf(&dir);
     let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
     let initrd_path = dir.join("initrd");
     std::fs::write(&initrd_path, &initrd).unwrap();
