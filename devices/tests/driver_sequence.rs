@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::Bus;
 use devices::dsa::{DsaConfig, DsaDevice};
 use devices::pci::msix::RecordingSink;
-use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciWindows, SharedPciDevice};
+use devices::pci::{attach_pci_root, PciWindows, SharedPciDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const ECAM: u64 = 0xe000_0000;
@@ -44,19 +44,7 @@ impl Guest {
             mmio64_start: 0x100_0000_0000,
             mmio64_size: 0x10_0000_0000,
         };
-        let pci = Arc::new(Mutex::new(PciBus::new(mmio.clone(), windows)));
-        pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-            0xcf8,
-            8,
-        )
-        .unwrap();
-        mmio.insert(
-            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
-            ECAM,
-            1 << 20,
-        )
-        .unwrap();
+        let pci = attach_pci_root(&pio, &mmio, windows, ECAM, 1 << 20).unwrap();
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).unwrap());
         let sink = Arc::new(RecordingSink::default());
         let dsa = Arc::new(Mutex::new(

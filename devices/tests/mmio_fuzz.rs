@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::Bus;
 use devices::dsa::{DsaConfig, DsaDevice};
 use devices::pci::msix::RecordingSink;
-use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciWindows, SharedPciDevice};
+use devices::pci::{attach_pci_root, PciBus, PciWindows, SharedPciDevice};
 use proptest::prelude::*;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -122,19 +122,7 @@ fn rig(bring_up: bool) -> Rig {
         mmio64_start: 0,
         mmio64_size: 0,
     };
-    let pci = Arc::new(Mutex::new(PciBus::new(mmio.clone(), windows)));
-    pio.insert(
-        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        0xcf8,
-        8,
-    )
-    .unwrap();
-    mmio.insert(
-        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
-        ECAM,
-        1 << 20,
-    )
-    .unwrap();
+    let pci = attach_pci_root(&pio, &mmio, windows, ECAM, 1 << 20).unwrap();
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
     let dsa = Arc::new(Mutex::new(
         DsaDevice::new(

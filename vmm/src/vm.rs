@@ -15,7 +15,7 @@ use devices::legacy::{
     ExitSignal,
 };
 use devices::pci::kvm_msi::{GsiRouter, KvmMsiSink};
-use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciWindows, SharedPciDevice};
+use devices::pci::{attach_pci_root, PciWindows, SharedPciDevice};
 use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -383,28 +383,20 @@ fn attach_dsa_devices(
     mmio: &Arc<Bus>,
     configs: &[DsaConfig],
 ) -> Result<Vec<Arc<Mutex<DsaDevice>>>, VmError> {
-    let pci = Arc::new(Mutex::new(PciBus::new(
-        mmio.clone(),
-        PciWindows {
-            mmio32_start: layout::MMIO_32_START,
-            mmio32_size: layout::MMIO_32_BAR_SIZE,
-            mmio64_start: layout::MMIO_64_START,
-            mmio64_size: layout::MMIO_64_SIZE,
-        },
-    )));
-    let bus_err = |e: devices::bus::BusError| VmError::Device("PCI", e.to_string());
-    pio.insert(
-        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        0xcf8,
-        8,
-    )
-    .map_err(bus_err)?;
-    mmio.insert(
-        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+    let windows = PciWindows {
+        mmio32_start: layout::MMIO_32_START,
+        mmio32_size: layout::MMIO_32_BAR_SIZE,
+        mmio64_start: layout::MMIO_64_START,
+        mmio64_size: layout::MMIO_64_SIZE,
+    };
+    let pci = attach_pci_root(
+        pio,
+        mmio,
+        windows,
         layout::PCI_ECAM_START,
         layout::PCI_ECAM_SIZE,
     )
-    .map_err(bus_err)?;
+    .map_err(|e| VmError::Device("PCI", e.to_string()))?;
     if configs.is_empty() {
         return Ok(Vec::new());
     }

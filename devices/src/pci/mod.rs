@@ -385,6 +385,29 @@ impl PciBus {
 /// Shared handle to the bus.
 pub type SharedPciBus = Arc<Mutex<PciBus>>;
 
+/// Creates a PCI bus over `mmio` with BARs in `windows`, and puts its configuration access on
+/// the buses: type 1 at ports 0xCF8..0xCFF of `pio`, ECAM for bus 0 at `ecam_base` on `mmio`.
+pub fn attach_pci_root(
+    pio: &Bus,
+    mmio: &Arc<Bus>,
+    windows: PciWindows,
+    ecam_base: u64,
+    ecam_size: u64,
+) -> Result<SharedPciBus, crate::bus::BusError> {
+    let pci = Arc::new(Mutex::new(PciBus::new(mmio.clone(), windows)));
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        0xcf8,
+        8,
+    )?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        ecam_base,
+        ecam_size,
+    )?;
+    Ok(pci)
+}
+
 /// Legacy type-1 configuration access: register at 0xCF8..0xCFF (insert with length 8).
 pub struct PciConfigIo {
     pci: SharedPciBus,
@@ -575,20 +598,8 @@ mod tests {
 
     fn setup() -> (Arc<Bus>, SharedPciBus, Bus, Arc<Mutex<TestDev>>, PciBdf) {
         let mmio = Arc::new(Bus::new());
-        let pci = Arc::new(Mutex::new(PciBus::new(mmio.clone(), WIN)));
         let pio = Bus::new();
-        pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-            0xcf8,
-            8,
-        )
-        .unwrap();
-        mmio.insert(
-            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
-            0xe000_0000,
-            0x10_0000,
-        )
-        .unwrap();
+        let pci = attach_pci_root(&pio, &mmio, WIN, 0xe000_0000, 0x10_0000).unwrap();
         let dev = TestDev::shared();
         let bdf = pci.lock().unwrap().add_device(dev.clone()).unwrap();
         (mmio, pci, pio, dev, bdf)
