@@ -75,7 +75,7 @@ fn shared() -> &'static Result<RigOutput, String> {
             // Each test judges its own run's exit status.
             .expect_exit(None)
             .timeout(Duration::from_secs(600))
-            .run_all(&runs)
+            .run_all_retrying_l2_crashes(&runs)
             .map_err(|e| e.to_string())?;
         eprintln!(
             "rig mode {:?}: QEMU start to L1 /init {:?}, to /dev/kvm ready {:?}",

@@ -186,7 +186,9 @@ fn shared() -> &'static Result<Shared, String> {
                 }
             })
             .collect();
-        let out = vm.run_all(&runs).map_err(|e| e.to_string())?;
+        let out = vm
+            .run_all_retrying_l2_crashes(&runs)
+            .map_err(|e| e.to_string())?;
         let reports = (0..RUNS.len())
             .map(|i| IdxdReport::parse(out.lines_of(i, Layer::L2).map(|l| l.text.as_str())))
             .collect();
