@@ -168,8 +168,10 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
             };
-            // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM's use
-            // of it (the Vm holds both and drops the vCPUs/VM first).
+            // SAFETY: the region is a live, page-aligned mapping of exactly `memory_size` bytes.
+            // Its backing is reference-counted and held by `mem`, by every vCPU thread and by
+            // the devices, so it is unmapped only after the last of them is gone: no vCPU can
+            // run then, and KVM never touches a slot's memory without a running vCPU or a device.
             unsafe { vm_fd.set_user_memory_region(r) }
                 .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
         }
