@@ -289,6 +289,15 @@ impl PciBus {
             .collect()
     }
 
+    /// Reads `data.len()` bytes at byte `byte` of dword `reg` of b:d.f (both config access
+    /// mechanisms end here); a range outside the dword leaves `data` untouched.
+    pub fn config_read_bytes(&self, b: u8, d: u8, f: u8, reg: usize, byte: usize, data: &mut [u8]) {
+        let v = self.config_read(b, d, f, reg).to_le_bytes();
+        if let Some(src) = v.get(byte..byte + data.len()) {
+            data.copy_from_slice(src);
+        }
+    }
+
     /// Reads configuration dword `reg` of bus/device/function; absent functions read all ones.
     pub fn config_read(&self, bus: u8, device: u8, function: u8, reg: usize) -> u32 {
         match self.function(bus, device, function) {
@@ -448,13 +457,10 @@ impl BusDevice for PciConfigIo {
             return;
         }
         if let Some((b, d, f, reg)) = self.target() {
-            let v = self
-                .pci
+            self.pci
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .config_read(b, d, f, reg)
-                .to_le_bytes();
-            data.copy_from_slice(&v[byte..byte + data.len()]);
+                .config_read_bytes(b, d, f, reg, byte, data);
         }
     }
 
@@ -511,13 +517,10 @@ impl BusDevice for PciConfigMmio {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if let Some((b, d, f, reg, byte)) = Self::decode(offset, data.len()) {
-            let v = self
-                .pci
+            self.pci
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .config_read(b, d, f, reg)
-                .to_le_bytes();
-            data.copy_from_slice(&v[byte..byte + data.len()]);
+                .config_read_bytes(b, d, f, reg, byte, data);
         }
     }
 
