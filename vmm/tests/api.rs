@@ -49,6 +49,12 @@ impl Vmm {
         text
     }
 
+    /// `PUT /actions` with `action_type` = `name`.
+    fn action(&self, name: &str) -> (u16, String) {
+        let body = format!(r#"{{"action_type": "{name}"}}"#);
+        self.call("PUT", "/actions", Some(&body))
+    }
+
     fn state(&self) -> String {
         let v: serde_json::Value = serde_json::from_str(&self.ok("GET", "/", None)).unwrap();
         v["state"].as_str().unwrap().to_string()
@@ -147,11 +153,7 @@ fn configure_boot_pause_resume_shutdown() {
     vmm.ok("PUT", "/dsa/spare", Some(r#"{"backend": "software"}"#));
     vmm.ok("DELETE", "/dsa/spare", None);
     assert_eq!(vmm.call("GET", "/dsa/spare", None).0, 404);
-    vmm.ok(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
+    assert_eq!(vmm.action("InstanceStart").0, 204);
     assert_eq!(vmm.state(), "Running");
 
     // The guest's port writes show in the metrics while it runs.
@@ -160,13 +162,13 @@ fn configure_boot_pause_resume_shutdown() {
     let m2 = pio_exits(&vmm.ok("GET", "/metrics", None));
     assert!(m2 > m1, "guest not running: {m1} -> {m2}");
 
-    vmm.ok("PUT", "/actions", Some(r#"{"action_type": "Pause"}"#));
+    assert_eq!(vmm.action("Pause").0, 204);
     assert_eq!(vmm.state(), "Paused");
     let p1 = pio_exits(&vmm.ok("GET", "/metrics", None));
     std::thread::sleep(Duration::from_millis(100));
     let p2 = pio_exits(&vmm.ok("GET", "/metrics", None));
     assert_eq!(p1, p2, "vCPUs ran while paused");
-    vmm.ok("PUT", "/actions", Some(r#"{"action_type": "Resume"}"#));
+    assert_eq!(vmm.action("Resume").0, 204);
     std::thread::sleep(Duration::from_millis(100));
     assert!(pio_exits(&vmm.ok("GET", "/metrics", None)) > p2);
 
@@ -191,22 +193,10 @@ fn configure_boot_pause_resume_shutdown() {
             .0,
         409
     );
-    assert_eq!(
-        vmm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        409
-    );
-    assert_eq!(
-        vmm.call("PUT", "/actions", Some(r#"{"action_type": "Resume"}"#))
-            .0,
-        409
-    );
+    assert_eq!(vmm.action("InstanceStart").0, 409);
+    assert_eq!(vmm.action("Resume").0, 409);
 
-    vmm.ok("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
+    assert_eq!(vmm.action("Shutdown").0, 204);
     assert_eq!(vmm.wait_exit(), 0);
 }
 
@@ -228,21 +218,13 @@ fn selftest_guest_over_api_then_halted() {
     );
     vmm.ok("PUT", "/boot-source", Some(&boot));
     vmm.ok("PUT", "/dsa/0", Some(r#"{"backend": "software"}"#));
-    vmm.ok(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
+    assert_eq!(vmm.action("InstanceStart").0, 204);
     vmm.wait_state("Halted");
     // Counters and state stay readable after the guest ended.
     let dsa: serde_json::Value = serde_json::from_str(&vmm.ok("GET", "/dsa/0", None)).unwrap();
     assert!(dsa["counters"].is_object(), "{dsa}");
-    assert_eq!(
-        vmm.call("PUT", "/actions", Some(r#"{"action_type": "Pause"}"#))
-            .0,
-        409
-    );
-    vmm.ok("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
+    assert_eq!(vmm.action("Pause").0, 409);
+    assert_eq!(vmm.action("Shutdown").0, 204);
     // The guest's own exit status (0 failures) becomes dsavmm's.
     assert_eq!(vmm.wait_exit(), 0);
 }
@@ -302,18 +284,8 @@ fn error_classes() {
         ),
         400,
     );
-    fault(
-        vmm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#),
-        ),
-        400,
-    );
-    fault(
-        vmm.call("PUT", "/actions", Some(r#"{"action_type": "Pause"}"#)),
-        409,
-    );
+    fault(vmm.action("InstanceStart"), 400);
+    fault(vmm.action("Pause"), 409);
     fault(vmm.call("GET", "/nope", None), 404);
     fault(vmm.call("GET", "/dsa/7", None), 404);
     fault(vmm.call("DELETE", "/machine-config", None), 405);
@@ -327,20 +299,13 @@ fn error_classes() {
         "/boot-source",
         Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, text.display())),
     );
-    fault(
-        vmm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#),
-        ),
-        400,
-    );
+    fault(vmm.action("InstanceStart"), 400);
     assert_eq!(vmm.state(), "NotStarted");
     let spec: serde_json::Value =
         serde_json::from_str(&vmm.ok("GET", "/openapi.json", None)).unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     vmm.ok("PUT", "/logger", Some(r#"{"level": "Debug"}"#));
-    vmm.ok("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
+    assert_eq!(vmm.action("Shutdown").0, 204);
     assert_eq!(vmm.wait_exit(), 0);
 }
 
