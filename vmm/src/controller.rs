@@ -20,6 +20,8 @@ use crate::vm::{Vm, VmError};
 
 /// Reads one counter out of a device's statistics.
 type StatGetter = fn(&devices::dsa::DsaStats) -> u64;
+/// Picks one counter out of a vCPU's exit statistics.
+type VcpuCounter = fn(&crate::vcpu::VcpuStats) -> &std::sync::atomic::AtomicU64;
 
 /// Default guest shape when the API user sets none.
 const DEFAULT_VCPUS: u32 = 1;
@@ -417,31 +419,32 @@ impl Controller {
         let Some(vm) = &self.vm else {
             return out;
         };
-        for (name, help) in [
-            ("dsavmm_vcpu_pio_exits_total", "port I/O exits"),
-            ("dsavmm_vcpu_mmio_exits_total", "MMIO exits"),
+        let vcpu_counters: [(&str, &str, VcpuCounter); 4] = [
+            ("dsavmm_vcpu_pio_exits_total", "port I/O exits", |s| {
+                &s.pio_exits
+            }),
+            ("dsavmm_vcpu_mmio_exits_total", "MMIO exits", |s| {
+                &s.mmio_exits
+            }),
             (
                 "dsavmm_vcpu_direct_stores_total",
                 "MOVDIR64B/MOVDIRI stores emulated",
+                |s| &s.direct_stores,
             ),
             (
                 "dsavmm_vcpu_unhandled_accesses_total",
                 "accesses no device claimed",
+                |s| &s.unhandled_accesses,
             ),
-        ] {
+        ];
+        for (name, help, get) in vcpu_counters {
             out.push_str(&prometheus_header(name, help, "counter"));
             for (i, s) in vm.vcpu_stats.iter().enumerate() {
-                let v = match name {
-                    "dsavmm_vcpu_pio_exits_total" => &s.pio_exits,
-                    "dsavmm_vcpu_mmio_exits_total" => &s.mmio_exits,
-                    "dsavmm_vcpu_direct_stores_total" => &s.direct_stores,
-                    _ => &s.unhandled_accesses,
-                };
                 let id = i.to_string();
                 out.push_str(&prometheus_line(
                     name,
                     &[("vcpu", &id)],
-                    v.load(std::sync::atomic::Ordering::Relaxed),
+                    get(s).load(std::sync::atomic::Ordering::Relaxed),
                 ));
             }
         }
