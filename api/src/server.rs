@@ -2,7 +2,9 @@
 //!
 //! One thread ("dsavmm-api") runs a current-thread tokio runtime with hyper 1.x. Each
 //! connection is its own task, so a slow or stalled client only holds its own connection
-//! (and is dropped after the header/body read timeouts). Requests the VMM must answer go
+//! (and is dropped after the header/body read timeouts). The number of connections is
+//! bounded; when all slots are taken, a new connection evicts the one that has been idle or
+//! incomplete the longest (see [`Registry`]), so stalled clients cannot lock others out. Requests the VMM must answer go
 //! over the [`ApiMessage`] channel with an eventfd wake-up (see [`crate::request`]); the
 //! task awaits the per-request reply without blocking the runtime. `GET /version` and
 //! `GET /openapi.json` are answered here.
@@ -30,7 +32,7 @@ use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::metrics::PROMETHEUS_CONTENT_TYPE;
@@ -50,7 +52,9 @@ pub struct ApiServerOptions {
     pub body_read_timeout: Duration,
     /// Time the VMM has to answer (500 after it: a VMM bug). Default 60 s.
     pub reply_timeout: Duration,
-    /// Connections served at once; further ones are closed at accept. Default 128.
+    /// Connections open at once. When all are open, a new connection evicts the one idle
+    /// (or still sending its request) the longest; it is refused only when every connection
+    /// has a request the VMM is answering. Default 128.
     pub max_connections: usize,
     /// On stop, how long requests in flight may take to finish (their answers are still
     /// written, e.g. the 204 of a `Shutdown` action). Default 2 s.
@@ -292,9 +296,131 @@ struct Ctx {
     options: ApiServerOptions,
 }
 
+/// The open connections, for eviction when the server is full.
+///
+/// A connection is *busy* while the VMM works on one of its requests; otherwise it is idle
+/// (between keep-alive requests) or incomplete (still sending its request line, headers or
+/// body). When every slot is taken, a new connection evicts the connection that has been
+/// idle or incomplete the longest, so a client that holds connections open without
+/// completing requests can never lock a well-behaved client out. Only when every open
+/// connection is busy is a new one refused.
+#[derive(Default)]
+struct Registry {
+    conns: std::collections::BTreeMap<u64, ConnInfo>,
+    next_id: u64,
+    /// Ticks on every accept and every finished request: orders connections by how long
+    /// they have been idle.
+    clock: u64,
+}
+
+struct ConnInfo {
+    /// Requests of this connection the VMM is working on (hyper serves one at a time).
+    busy: u32,
+    /// [`Registry::clock`] when the connection last became idle (or was accepted).
+    idle_since: u64,
+    evict: Arc<Notify>,
+}
+
+type SharedRegistry = Arc<std::sync::Mutex<Registry>>;
+
+fn lock(reg: &SharedRegistry) -> std::sync::MutexGuard<'_, Registry> {
+    // The registry holds no invariant a panicking holder could break half-way.
+    reg.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    fn add(&mut self) -> (u64, Arc<Notify>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.clock += 1;
+        let evict = Arc::new(Notify::new());
+        self.conns.insert(
+            id,
+            ConnInfo {
+                busy: 0,
+                idle_since: self.clock,
+                evict: evict.clone(),
+            },
+        );
+        (id, evict)
+    }
+
+    /// Tells the connection idle or incomplete for the longest time to close; false when
+    /// every connection is busy.
+    fn evict_oldest_idle(&mut self) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.busy == 0)
+            .min_by_key(|(_, c)| c.idle_since)
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| self.conns.remove(&id)) {
+            Some(c) => {
+                // notify_one keeps the wake-up if the task is not waiting at this moment.
+                c.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_busy(&mut self, id: u64, busy: bool) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(c) = self.conns.get_mut(&id) {
+            if busy {
+                c.busy += 1;
+            } else {
+                c.busy = c.busy.saturating_sub(1);
+                c.idle_since = clock;
+            }
+        }
+    }
+}
+
+/// Marks a connection busy while it lives (a request the VMM is answering).
+struct BusyGuard {
+    reg: SharedRegistry,
+    id: u64,
+}
+
+impl BusyGuard {
+    fn new(reg: &SharedRegistry, id: u64) -> Self {
+        lock(reg).set_busy(id, true);
+        BusyGuard {
+            reg: reg.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        lock(&self.reg).set_busy(self.id, false);
+    }
+}
+
+/// Removes a connection from the registry when its task ends, however it ends.
+struct ConnGuard {
+    reg: SharedRegistry,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        lock(&self.reg).conns.remove(&self.id);
+    }
+}
+
+/// How long a new connection waits for an evicted one to give back its slot. The evicted
+/// task only has to be polled once on this same thread, so this is never reached in
+/// practice; it bounds the wait should that task be stuck.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
 async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: oneshot::Receiver<()>) {
     let max = ctx.options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
+    let registry: SharedRegistry = Arc::default();
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     loop {
         let accepted = tokio::select! {
@@ -310,16 +436,44 @@ async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: ones
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("API connection limit reached; closing a new connection");
-            drop(stream);
-            continue;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !lock(&registry).evict_oldest_idle() {
+                    tracing::warn!(
+                        "API connection limit ({max}) reached with every connection busy; \
+                         closing a new connection"
+                    );
+                    drop(stream);
+                    continue;
+                }
+                tracing::debug!(
+                    "API connection limit ({max}) reached; evicted the connection idle the longest"
+                );
+                match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tracing::warn!(
+                            "an evicted API connection did not close; closing a new connection"
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
+        let (id, evict) = lock(&registry).add();
         let ctx = ctx.clone();
+        let reg = registry.clone();
         let mut drain = drain_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(|req| handle(ctx.clone(), req));
+            let _registered = ConnGuard {
+                reg: reg.clone(),
+                id,
+            };
+            let service =
+                hyper::service::service_fn(|req| handle(ctx.clone(), reg.clone(), id, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(ctx.options.header_read_timeout)
@@ -339,6 +493,10 @@ async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: ones
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
+                    _ = evict.notified() => {
+                        tracing::debug!("API connection evicted to make room for a new one");
+                        break;
+                    }
                 }
             }
         });
@@ -353,10 +511,15 @@ async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: ones
 
 type HttpResponse = Response<Full<Bytes>>;
 
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+async fn handle(
+    ctx: Arc<Ctx>,
+    reg: SharedRegistry,
+    id: u64,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let response = match dispatch(&ctx, req).await {
+    let response = match dispatch(&ctx, &reg, id, req).await {
         Ok(r) => r,
         Err(e) => {
             if e.status() >= 500 {
@@ -370,7 +533,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<HttpResponse, I
     Ok(response)
 }
 
-async fn dispatch(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn dispatch(
+    ctx: &Ctx,
+    reg: &SharedRegistry,
+    id: u64,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     let route = resolve(req.method().as_str(), req.uri().path())?;
     let body = if route.has_body() {
         read_body(ctx, req).await?
@@ -387,7 +555,12 @@ async fn dispatch(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Api
             "application/json",
             Bytes::from_static(OPENAPI_JSON.as_bytes()),
         )),
-        Endpoint::Vmm(request) => forward(ctx, request).await,
+        Endpoint::Vmm(request) => {
+            // The request is complete: from here until the answer the connection is not
+            // evicted (a client still sending its headers or body is).
+            let _busy = BusyGuard::new(reg, id);
+            forward(ctx, request).await
+        }
     }
 }
 

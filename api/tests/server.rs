@@ -690,3 +690,108 @@ fn long_socket_paths() {
         "{err}"
     );
 }
+
+/// A connection that sent part of a request line and headers and then went silent.
+fn stalled(sock: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s
+}
+
+/// Whether the server has closed `s` (EOF or reset within `wait`).
+fn closed_by_server(s: &mut UnixStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn stalled_connections_cannot_lock_out_a_client() {
+    // The production limits: 128 connections, 5 s to send the headers.
+    let opts = ApiServerOptions::default();
+    let max = opts.max_connections;
+    let rig = Rig::with(opts);
+    // A hostile local client: 200 connections that never finish their headers, more than
+    // the server holds.
+    let mut held: Vec<UnixStream> = (0..200).map(|_| stalled(&rig.sock)).collect();
+    // Every well-behaved request (one that goes to the VMM, one answered by the server
+    // itself) is answered within 1 s, long before the 5 s header timeout would free a slot.
+    for i in 0..20 {
+        let path = if i % 2 == 0 { "/" } else { "/version" };
+        let start = Instant::now();
+        let (status, _) = rig.call("GET", path, None);
+        let took = start.elapsed();
+        assert_eq!(
+            status,
+            200,
+            "request {i} beside {} stalled connections",
+            held.len()
+        );
+        assert!(took < Duration::from_secs(1), "request {i} took {took:?}");
+        // And the attacker keeps refilling.
+        held.push(stalled(&rig.sock));
+    }
+    // The oldest stalled connections were the ones evicted, the newest are still held.
+    assert!(closed_by_server(&mut held[0], Duration::from_secs(1)));
+    let newest = held.len() - 1;
+    assert!(!closed_by_server(
+        &mut held[newest],
+        Duration::from_millis(200)
+    ));
+    assert!(held.len() > max);
+}
+
+#[test]
+fn eviction_spares_requests_in_flight() {
+    let opts = ApiServerOptions {
+        max_connections: 8,
+        ..Default::default()
+    };
+    let rig = Rig::with(opts);
+    // A request the fake VMM takes 1.5 s to answer, on the oldest connection.
+    let sock = rig.sock.clone();
+    let slow = std::thread::spawn(move || api_call(&sock, "GET", "/dsa/slow", None).unwrap().0);
+    std::thread::sleep(Duration::from_millis(200));
+    // Fill and overfill the server with stalled connections: they evict each other, never
+    // the busy one.
+    let held: Vec<UnixStream> = (0..30).map(|_| stalled(&rig.sock)).collect();
+    let start = Instant::now();
+    assert_eq!(rig.call("GET", "/version", None).0, 200);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        slow.join().unwrap(),
+        404,
+        "the busy connection got its answer"
+    );
+    drop(held);
+}
+
+#[test]
+fn a_full_server_of_busy_connections_refuses_new_ones() {
+    let opts = ApiServerOptions {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let rig = Rig::with(opts);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let sock = rig.sock.clone();
+            std::thread::spawn(move || api_call(&sock, "GET", "/dsa/slow", None).unwrap().0)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Both slots hold a request the VMM is answering: nothing can be evicted.
+    assert!(api_call(&rig.sock, "GET", "/version", None).is_err());
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 404);
+    }
+    // Once they are answered the server takes new connections again.
+    assert_eq!(rig.call("GET", "/version", None).0, 200);
+}
