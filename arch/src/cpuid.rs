@@ -77,6 +77,16 @@ pub fn apply_policy(cpuid: &mut CpuId, p: &CpuidParams) {
     }
 }
 
+/// MAXPHYADDR that `cpuid` reports (leaf 0x8000_0008 EAX[7:0]); 36 when the leaf is absent, as
+/// the SDM specifies.
+pub fn max_phys_bits(cpuid: &CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
 /// Whether leaf 7.0 of `cpuid` advertises MOVDIR64B.
 pub fn has_movdir64b(cpuid: &CpuId) -> bool {
     cpuid

@@ -436,6 +436,11 @@ impl Controller {
                 "accesses no device claimed",
                 |s| &s.unhandled_accesses,
             ),
+            (
+                "dsavmm_vcpu_injected_exceptions_total",
+                "exceptions delivered for instructions KVM could not emulate",
+                |s| &s.injected_exceptions,
+            ),
         ];
         for (name, help, get) in vcpu_counters {
             out.push_str(&prometheus_header(name, help, "counter"));

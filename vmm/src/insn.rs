@@ -16,13 +16,35 @@ pub struct MemOperand {
     pub disp: i64,
     /// RIP-relative: the address is the next instruction's RIP + disp.
     pub rip_relative: bool,
-    /// Segment override prefix (FS = 4, GS = 5), the only ones with a base in 64-bit mode.
+    /// Segment override prefix (the last one wins, as on the CPU). Only FS and GS carry a base in
+    /// 64-bit mode; the others matter for which fault a non-canonical address raises.
     pub segment: Option<Segment>,
+    /// 32-bit address size (0x67 prefix): the effective address is computed modulo 2^32.
+    pub addr32: bool,
 }
 
-/// Segments that carry a base in 64-bit mode.
+impl MemOperand {
+    /// Whether the access goes through SS (an explicit SS override, or RSP/RBP as the base with
+    /// no override): a non-canonical address then raises #SS(0) instead of #GP(0).
+    pub fn uses_stack_segment(&self) -> bool {
+        match self.segment {
+            Some(seg) => seg == Segment::Ss,
+            None => !self.rip_relative && matches!(self.base, Some(4) | Some(5)),
+        }
+    }
+}
+
+/// Segment override prefixes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Segment {
+    /// ES override (0x26).
+    Es,
+    /// CS override (0x2e).
+    Cs,
+    /// SS override (0x36).
+    Ss,
+    /// DS override (0x3e).
+    Ds,
     /// FS override (0x64).
     Fs,
     /// GS override (0x65).
@@ -67,9 +89,13 @@ pub enum DecodeError {
     /// Ran out of bytes.
     #[error("instruction truncated")]
     Truncated,
-    /// Not MOVDIR64B/MOVDIRI, or an encoding they do not allow (register source, bad prefix).
+    /// Not MOVDIR64B/MOVDIRI, or an encoding they do not allow (register operand, LOCK, REP,
+    /// REX not directly before the opcode): the guest gets #UD, never a guess.
     #[error("not a MOVDIR64B/MOVDIRI memory form")]
     Unsupported,
+    /// Longer than the architectural 15 bytes (#GP(0) on the CPU).
+    #[error("instruction longer than 15 bytes")]
+    TooLong,
 }
 
 struct Cursor<'a> {
@@ -96,8 +122,21 @@ impl Cursor<'_> {
     }
 }
 
-/// Decodes one instruction at the start of `bytes` (64-bit mode).
+/// The longest x86 instruction, in bytes.
+pub const MAX_INSN_LEN: usize = 15;
+
+/// Decodes one instruction at the start of `bytes` (64-bit mode). `Truncated` means more bytes
+/// are needed (the caller may fetch them); `bytes` beyond 15 are never looked at.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    let full = bytes.len() >= MAX_INSN_LEN;
+    let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    match decode_bytes(bytes) {
+        Err(DecodeError::Truncated) if full => Err(DecodeError::TooLong),
+        other => other,
+    }
+}
+
+fn decode_bytes(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let mut c = Cursor { bytes, pos: 0 };
     let (mut opsize, mut addr32, mut segment, mut rex) = (false, false, None, 0u8);
     let mut b = c.next()?;
@@ -106,9 +145,13 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         match b {
             0x66 => opsize = true,
             0x67 => addr32 = true,
+            0x26 => segment = Some(Segment::Es),
+            0x2e => segment = Some(Segment::Cs),
+            0x36 => segment = Some(Segment::Ss),
+            0x3e => segment = Some(Segment::Ds),
             0x64 => segment = Some(Segment::Fs),
             0x65 => segment = Some(Segment::Gs),
-            0x2e | 0x36 | 0x3e | 0x26 => {} // null segments in 64-bit mode
+            // LOCK is #UD on both; F2/F3 0F 38 F8 are ENQCMD(S), which dsavmm does not emulate.
             0xf0 | 0xf2 | 0xf3 => return Err(DecodeError::Unsupported),
             _ => break,
         }
@@ -138,6 +181,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         disp: 0,
         rip_relative: false,
         segment,
+        addr32,
     };
     let mut force_disp32 = false;
     if rm == 4 {
@@ -200,7 +244,8 @@ mod tests {
                     index: None,
                     disp: 0,
                     rip_relative: false,
-                    segment: None
+                    segment: None,
+                    addr32: false,
                 }
             }
         );
@@ -276,6 +321,63 @@ mod tests {
             decode(&[0xf3, 0x0f, 0x38, 0xf8, 0x02]),
             Err(DecodeError::Unsupported)
         );
+    }
+
+    #[test]
+    fn prefixes_address_size_and_segments() {
+        // movdir64b eax, fs:[esi] => 64 67 66 0f 38 f8 06
+        let d = decode(&[0x64, 0x67, 0x66, 0x0f, 0x38, 0xf8, 0x06]).unwrap();
+        assert_eq!(d.len, 7);
+        let DirectStore::Movdir64b { addr32, src, .. } = d.op else {
+            panic!()
+        };
+        assert!(addr32 && src.addr32);
+        assert_eq!(src.segment, Some(Segment::Fs));
+        assert!(!src.uses_stack_segment());
+        // The last segment override wins; [rbp+0] defaults to SS unless overridden.
+        let d = decode(&[0x65, 0x3e, 0x66, 0x0f, 0x38, 0xf8, 0x45, 0x00]).unwrap();
+        let DirectStore::Movdir64b { src, .. } = d.op else {
+            panic!()
+        };
+        assert_eq!(src.segment, Some(Segment::Ds));
+        assert!(!src.uses_stack_segment());
+        let d = decode(&[0x66, 0x0f, 0x38, 0xf8, 0x45, 0x00]).unwrap();
+        let DirectStore::Movdir64b { src, .. } = d.op else {
+            panic!()
+        };
+        assert!(src.uses_stack_segment());
+        // movdiri [rsp], ecx => 0f 38 f9 0c 24: SS by default.
+        let d = decode(&[0x0f, 0x38, 0xf9, 0x0c, 0x24]).unwrap();
+        let DirectStore::Movdiri { dst, .. } = d.op else {
+            panic!()
+        };
+        assert!(dst.uses_stack_segment());
+    }
+
+    #[test]
+    fn lock_rep_misplaced_rex_and_66_movdiri_are_unsupported() {
+        for bytes in [
+            &[0xf0, 0x66, 0x0f, 0x38, 0xf8, 0x02][..], // LOCK
+            &[0xf2, 0x0f, 0x38, 0xf8, 0x02],           // ENQCMD
+            &[0x48, 0x66, 0x0f, 0x38, 0xf8, 0x02],     // REX before a legacy prefix
+            &[0x66, 0x0f, 0x38, 0xf9, 0x02],           // 66 MOVDIRI
+            &[0x0f, 0x38, 0xf9, 0xc2],                 // MOVDIRI to a register
+            &[0xc4, 0xe2, 0x79, 0xf8, 0x02],           // VEX
+        ] {
+            assert_eq!(decode(bytes), Err(DecodeError::Unsupported), "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn more_than_15_bytes_is_too_long() {
+        let mut b = [0x3e_u8; 20];
+        b[14..19].copy_from_slice(&[0x66, 0x0f, 0x38, 0xf8, 0x02]);
+        assert_eq!(decode(&b), Err(DecodeError::TooLong));
+        assert_eq!(decode(&b[..10]), Err(DecodeError::Truncated));
+        // Exactly 15 bytes is fine.
+        let mut b = [0x3e_u8; 15];
+        b[10..].copy_from_slice(&[0x66, 0x0f, 0x38, 0xf8, 0x02]);
+        assert_eq!(decode(&b).map(|d| d.len), Ok(15));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod boot;
 mod cli;
 mod config;
 mod controller;
+mod direct_store;
 mod event_loop;
 mod host;
 mod insn;
@@ -68,8 +69,16 @@ fn apply_machine(c: &mut Controller, m: &MachineArgs) -> anyhow::Result<()> {
         },
     ))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if m.dsa.len() > api::types::dsa_limits::MAX_DEVICES {
+        bail!(
+            "--dsa is given {} times: at most {} DSA devices are supported (one PCI slot each \
+             on bus 0)",
+            m.dsa.len(),
+            api::types::dsa_limits::MAX_DEVICES
+        );
+    }
     for d in &m.dsa {
-        c.add_cli_dsa(d);
+        c.add_cli_dsa(d).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(())
 }

@@ -8,12 +8,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use devices::bus::Bus;
 use devices::legacy::{ExitReason, ExitSignal};
-use kvm_bindings::{kvm_regs, kvm_sregs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use crate::insn::{self, DirectStore, MemOperand, Segment};
-use crate::pagewalk;
+use crate::direct_store::{self, CpuState, Fault, PhysMemory};
 
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES: u64 = 1;
@@ -29,6 +28,8 @@ pub struct VcpuStats {
     pub direct_stores: AtomicU64,
     /// Accesses no device claimed.
     pub unhandled_accesses: AtomicU64,
+    /// Exceptions delivered for instructions that failed KVM's emulation (#UD, #GP, #SS, #PF).
+    pub injected_exceptions: AtomicU64,
 }
 
 /// Pause control shared by all vCPUs of a VM.
@@ -104,6 +105,8 @@ pub struct Vcpu {
     pub pause: Arc<PauseGate>,
     /// Exit counters.
     pub stats: Arc<VcpuStats>,
+    /// MAXPHYADDR of the guest's CPUID (reserved-bit checks of the page walk).
+    pub max_phys_bits: u8,
 }
 
 /// What to do after an exit, decided while the exit data is borrowed.
@@ -212,139 +215,123 @@ impl Vcpu {
         }
     }
 
-    /// Handles `KVM_EXIT_INTERNAL_ERROR`: emulates MOVDIR64B/MOVDIRI, and reports anything else.
+    /// Handles `KVM_EXIT_INTERNAL_ERROR`. An emulation failure is the guest's instruction: it is
+    /// emulated (MOVDIR64B/MOVDIRI) or gets the exception the CPU would raise, and the VM runs on.
+    /// Only a failure of KVM or of dsavmm itself (another suberror, an ioctl error) stops the VM.
     fn handle_internal_error(&mut self) -> Result<(), String> {
         let run = self.fd.get_kvm_run();
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled the `internal` /
         // `emulation_failure` member of the union; both are plain integers.
         let fail = unsafe { run.__bindgen_anon_1.emulation_failure };
         let suberror = fail.suberror;
-        if suberror != KVM_INTERNAL_ERROR_EMULATION
-            || fail.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES == 0
-        {
+        if suberror != KVM_INTERNAL_ERROR_EMULATION {
             return Err(format!("KVM internal error, suberror {suberror}"));
         }
-        // SAFETY: the instruction-bytes flag says this union member is valid.
-        let raw = unsafe { fail.__bindgen_anon_1.__bindgen_anon_1 };
-        let n = usize::from(raw.insn_size).min(raw.insn_bytes.len());
-        let bytes = &raw.insn_bytes[..n];
+        let mut insn = [0u8; 15];
+        let mut n = 0;
+        if fail.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES != 0 {
+            // SAFETY: the instruction-bytes flag says this union member is valid.
+            let raw = unsafe { fail.__bindgen_anon_1.__bindgen_anon_1 };
+            n = usize::from(raw.insn_size).min(raw.insn_bytes.len());
+            insn[..n].copy_from_slice(&raw.insn_bytes[..n]);
+        }
         let sync = self.fd.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
-        let decoded = insn::decode(bytes).map_err(|e| {
-            format!(
-                "emulation failure at RIP {:#x}: bytes {bytes:02x?} ({e})",
-                regs.rip
-            )
-        })?;
-        let next_rip = regs.rip.wrapping_add(decoded.len as u64);
-        match decoded.op {
-            DirectStore::Movdir64b {
-                dst_reg,
-                addr32,
-                src,
-            } => {
-                let mut dst = reg(&regs, dst_reg);
-                if addr32 {
-                    dst &= 0xffff_ffff;
+        let cpu = CpuState {
+            regs: &regs,
+            sregs: &sregs,
+            max_phys_bits: self.max_phys_bits,
+        };
+        let mem = PhysMemory {
+            ram: &self.mem,
+            mmio: &self.mmio,
+        };
+        let fd = &self.fd;
+        let mut pkru = || read_pkru(fd);
+        match direct_store::emulate(&insn[..n], &cpu, &mem, &mut pkru) {
+            Ok(done) => {
+                self.stats.direct_stores.fetch_add(1, Ordering::Relaxed);
+                if done.unclaimed {
+                    self.stats
+                        .unhandled_accesses
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("direct store at RIP {:#x} to an unbacked address", regs.rip);
                 }
-                if !dst.is_multiple_of(64) {
-                    return Err(format!(
-                        "MOVDIR64B at RIP {:#x} to unaligned address {dst:#x}",
-                        regs.rip
-                    ));
-                }
-                let src_va = effective_address(&src, &regs, &sregs, next_rip);
-                let mut payload = [0u8; 64];
-                self.read_virt(&sregs, src_va, &mut payload)?;
-                self.store(&sregs, dst, &payload)?;
+                self.fd.sync_regs_mut().regs.rip = done.next_rip;
+                self.fd.set_sync_dirty_reg(SyncReg::Register);
+                Ok(())
             }
-            DirectStore::Movdiri { src_reg, dst, size } => {
-                let value = reg(&regs, src_reg).to_le_bytes();
-                let va = effective_address(&dst, &regs, &sregs, next_rip);
-                self.store(&sregs, va, &value[..usize::from(size)])?;
+            Err(fault) => {
+                self.stats
+                    .injected_exceptions
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "vCPU {}: {fault} for the instruction at RIP {:#x} (bytes {:02x?})",
+                    self.id,
+                    regs.rip,
+                    &insn[..n]
+                );
+                self.inject(fault)
             }
         }
-        self.stats.direct_stores.fetch_add(1, Ordering::Relaxed);
-        self.fd.sync_regs_mut().regs.rip = next_rip;
-        self.fd.set_sync_dirty_reg(SyncReg::Register);
-        Ok(())
     }
 
-    fn translate(&self, sregs: &kvm_sregs, va: u64) -> Result<u64, String> {
-        pagewalk::translate(&self.mem, sregs.cr0, sregs.cr3, va).map_err(|e| e.to_string())
-    }
-
-    /// Reads guest-virtual memory page by page.
-    fn read_virt(&self, sregs: &kvm_sregs, va: u64, out: &mut [u8]) -> Result<(), String> {
-        let mut done = 0;
-        while done < out.len() {
-            let cur = va.wrapping_add(done as u64);
-            let chunk = ((0x1000 - (cur & 0xfff)) as usize).min(out.len() - done);
-            let gpa = self.translate(sregs, cur)?;
-            self.mem
-                .read_slice(&mut out[done..done + chunk], GuestAddress(gpa))
-                .map_err(|_| format!("MOVDIR64B source {cur:#x} (GPA {gpa:#x}) is not RAM"))?;
-            done += chunk;
+    /// Delivers `fault` at the current RIP (not advanced), as the CPU would: CR2 first for #PF,
+    /// then the exception through KVM_SET_VCPU_EVENTS.
+    fn inject(&mut self, fault: Fault) -> Result<(), String> {
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| format!("KVM_GET_VCPU_EVENTS: {e}"))?;
+        if events.exception.injected != 0
+            || events.interrupt.injected != 0
+            || events.nmi.injected != 0
+        {
+            // The failure happened while KVM was delivering an event: there is nothing correct
+            // to raise on top of it (the CPU would have nested it as a double fault).
+            return Err(format!(
+                "emulation failure at RIP {:#x} during event delivery (exception {}, interrupt {})",
+                self.fd.sync_regs().regs.rip,
+                events.exception.nr,
+                events.interrupt.nr
+            ));
         }
-        Ok(())
-    }
-
-    /// Performs a direct store to guest-virtual `va`: RAM directly, a device by one bus write.
-    fn store(&self, sregs: &kvm_sregs, va: u64, data: &[u8]) -> Result<(), String> {
-        let gpa = self.translate(sregs, va)?;
-        if self.mem.find_region(GuestAddress(gpa)).is_some() {
-            // MOVDIR64B and MOVDIRI destinations are naturally aligned: never cross a page.
-            return self
-                .mem
-                .write_slice(data, GuestAddress(gpa))
-                .map_err(|e| format!("direct store to {gpa:#x}: {e}"));
+        if let Fault::Pf(pf) = fault {
+            let mut sregs = self
+                .fd
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+            sregs.cr2 = pf.addr;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
         }
-        if !self.mmio.write(gpa, data) {
-            self.stats
-                .unhandled_accesses
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("direct store to unbacked GPA {gpa:#x} dropped");
-        }
-        Ok(())
+        events.exception.injected = 1;
+        events.exception.pending = 0;
+        events.exception.nr = fault.vector();
+        events.exception.has_error_code = u8::from(fault.error_code().is_some());
+        events.exception.error_code = fault.error_code().unwrap_or(0);
+        events.exception_has_payload = 0;
+        events.exception_payload = 0;
+        events.flags = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(|e| format!("KVM_SET_VCPU_EVENTS: {e}"))
     }
 }
 
-/// General register `n` (0 = RAX ... 15 = R15).
-fn reg(r: &kvm_regs, n: u8) -> u64 {
-    match n & 15 {
-        0 => r.rax,
-        1 => r.rcx,
-        2 => r.rdx,
-        3 => r.rbx,
-        4 => r.rsp,
-        5 => r.rbp,
-        6 => r.rsi,
-        7 => r.rdi,
-        8 => r.r8,
-        9 => r.r9,
-        10 => r.r10,
-        11 => r.r11,
-        12 => r.r12,
-        13 => r.r13,
-        14 => r.r14,
-        _ => r.r15,
-    }
-}
-
-fn effective_address(m: &MemOperand, r: &kvm_regs, s: &kvm_sregs, next_rip: u64) -> u64 {
-    let mut a = m.disp as u64;
-    if m.rip_relative {
-        a = a.wrapping_add(next_rip);
-    }
-    if let Some(b) = m.base {
-        a = a.wrapping_add(reg(r, b));
-    }
-    if let Some((i, scale)) = m.index {
-        a = a.wrapping_add(reg(r, i).wrapping_mul(u64::from(scale)));
-    }
-    match m.segment {
-        Some(Segment::Fs) => a.wrapping_add(s.fs.base),
-        Some(Segment::Gs) => a.wrapping_add(s.gs.base),
-        None => a,
+/// The guest's PKRU, from its XSAVE image (0, the init state, when the PKRU component is not in
+/// use or the image cannot be read).
+fn read_pkru(fd: &VcpuFd) -> u32 {
+    /// XSAVE component 9 (PKRU): byte 2688 of the standard-format image; XSTATE_BV at byte 512.
+    const PKRU_WORD: usize = 2688 / 4;
+    const XSTATE_BV_WORD: usize = 512 / 4;
+    match fd.get_xsave() {
+        Ok(x) if x.region[XSTATE_BV_WORD] & (1 << 9) != 0 => x.region[PKRU_WORD],
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::warn!("KVM_GET_XSAVE for PKRU: {e}; taking PKRU as 0");
+            0
+        }
     }
 }

@@ -233,6 +233,7 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
+        let max_phys_bits = arch::cpuid::max_phys_bits(&supported);
         let pause = Arc::new(PauseGate::default());
         let mut vcpu_list = Vec::new();
         let mut vcpu_stats = Vec::new();
@@ -265,6 +266,7 @@ impl Vm {
                 exit: exit.clone(),
                 pause: pause.clone(),
                 stats,
+                max_phys_bits,
             });
         }
         Ok(Self {
