@@ -10,10 +10,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ApiError;
 
-/// Largest accepted `vcpus`.
-pub const MAX_VCPUS: u32 = 32;
-/// Largest accepted `memory_mib` (256 GiB).
-pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
+/// Largest accepted `vcpus`: the VMM's limit (APIC IDs and the MADT use one byte, 255 is
+/// the broadcast ID; `vmm` checks that its own limit is this one). KVM's own limit and the
+/// host are checked when the value reaches the VMM.
+pub const MAX_VCPUS: u32 = 254;
+/// Smallest accepted `memory_mib`: the VMM's minimum.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Largest accepted `memory_mib`: what the VMM's address map holds (RAM ends below the 64-bit
+/// PCI window at 1 TiB, less the 1 GiB hole below 4 GiB: 1023 GiB). The host's RAM is
+/// checked when the value reaches the VMM.
+pub const MAX_MEMORY_MIB: u64 = 1023 * 1024;
 /// Longest accepted `boot_args`, in bytes (x86 `COMMAND_LINE_SIZE` is 2048 including the NUL).
 pub const MAX_BOOT_ARGS_LEN: usize = 2047;
 /// Longest accepted file path, in bytes (Linux `PATH_MAX` less the NUL).
@@ -23,6 +29,9 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// DSA geometry limits (issue 5; REFERENCE.md 2.x GENCAP/WQCAP/GRPCAP/ENGCAP).
 pub mod dsa_limits {
+    /// DSA devices per VM: one PCI slot each on bus 0, whose slot 0 is the host bridge
+    /// (`vmm` checks this against the PCI model).
+    pub const MAX_DEVICES: usize = 31;
     /// Work queues per device: 1..=MAX_WQS.
     pub const MAX_WQS: u32 = 8;
     /// Engines per device: 1..=MAX_ENGINES.
@@ -136,14 +145,19 @@ pub fn validate_id(id: &str) -> Result<(), ApiError> {
 pub struct MachineConfig {
     /// Number of vCPUs, 1..=[`MAX_VCPUS`].
     pub vcpus: u32,
-    /// Guest RAM in MiB, 1..=[`MAX_MEMORY_MIB`].
+    /// Guest RAM in MiB, [`MIN_MEMORY_MIB`]..=[`MAX_MEMORY_MIB`].
     pub memory_mib: u64,
 }
 
 impl Validate for MachineConfig {
     fn validate(&self) -> Result<(), ApiError> {
         check_range("vcpus", self.vcpus, 1, MAX_VCPUS)?;
-        check_range("memory_mib", self.memory_mib, 1, MAX_MEMORY_MIB)
+        check_range(
+            "memory_mib",
+            self.memory_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )
     }
 }
 
@@ -517,6 +531,7 @@ impl Validate for VmConfig {
         if let Some(l) = &self.logger {
             l.validate().map_err(|e| ctx("logger", e))?;
         }
+        check_device_count(self.dsa.len()).map_err(|e| ctx("dsa", e))?;
         for (i, entry) in self.dsa.iter().enumerate() {
             let section = format!("dsa[{i}]");
             validate_id(&entry.id).map_err(|e| ctx(&section, e))?;
@@ -530,6 +545,17 @@ impl Validate for VmConfig {
         }
         Ok(())
     }
+}
+
+/// Checks that a VM with `n` DSA devices can be built.
+pub fn check_device_count(n: usize) -> Result<(), ApiError> {
+    if n > MAX_DEVICES {
+        return Err(ApiError::BadRequest(format!(
+            "{n} DSA devices is too many: at most {MAX_DEVICES} are supported (one PCI slot \
+             each on bus 0)"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses and validates a config file (the same JSON documents as the API, all sections in
@@ -583,8 +609,16 @@ mod tests {
     fn machine_boot_logger_validation() {
         assert!(parse_body::<MachineConfig>(br#"{"vcpus":2,"memory_mib":256}"#).is_ok());
         assert!(parse_body::<MachineConfig>(br#"{"vcpus":0,"memory_mib":256}"#).is_err());
-        assert!(parse_body::<MachineConfig>(br#"{"vcpus":33,"memory_mib":256}"#).is_err());
+        assert!(parse_body::<MachineConfig>(br#"{"vcpus":254,"memory_mib":256}"#).is_ok());
+        assert!(parse_body::<MachineConfig>(br#"{"vcpus":255,"memory_mib":256}"#).is_err());
         assert!(parse_body::<MachineConfig>(br#"{"vcpus":1,"memory_mib":0}"#).is_err());
+        assert!(parse_body::<MachineConfig>(br#"{"vcpus":1,"memory_mib":15}"#).is_err());
+        assert!(parse_body::<MachineConfig>(br#"{"vcpus":1,"memory_mib":1047552}"#).is_ok());
+        let huge = parse_body::<MachineConfig>(br#"{"vcpus":1,"memory_mib":1047553}"#);
+        assert!(
+            matches!(&huge, Err(ApiError::BadRequest(m)) if m.contains("memory_mib = 1047553 is out of range; it must be between 16 and 1047552")),
+            "{huge:?}"
+        );
         assert!(parse_body::<MachineConfig>(br#"{"vcpus":1}"#).is_err());
         assert!(parse_body::<BootSource>(br#"{"kernel_image_path":"/k"}"#).is_ok());
         assert!(parse_body::<BootSource>(br#"{"kernel_image_path":""}"#).is_err());

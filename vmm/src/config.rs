@@ -146,6 +146,80 @@ mod tests {
         assert!(check_vcpus(9, 8).is_err());
     }
 
+    /// The API validates machine-config and DSA counts with its own constants, before a
+    /// request reaches the VMM: they must be the VMM's limits, or a value one accepts the
+    /// other would reject.
+    #[test]
+    fn api_limits_are_the_vmm_limits() {
+        assert_eq!(api::types::MAX_VCPUS, u32::from(MAX_VCPUS));
+        assert_eq!(api::types::MIN_MEMORY_MIB, MIN_MEMORY_MIB);
+        assert_eq!(api::types::MAX_MEMORY_MIB, MAX_MEMORY_MIB);
+        // One PCI slot per DSA on bus 0; slot 0 is the host bridge.
+        assert_eq!(
+            api::types::dsa_limits::MAX_DEVICES,
+            devices::pci::MAX_DEVICES - 1
+        );
+        // And that many of the largest devices fit in the 64-bit PCI window (each BAR is
+        // naturally aligned, so at most twice its size).
+        let largest = devices::dsa::DsaConfig::default();
+        let per_device =
+            2 * (devices::dsa::regs::BAR0_SIZE + largest.portal_bar_size().next_power_of_two());
+        let devices = api::types::dsa_limits::MAX_DEVICES as u64;
+        assert!(devices * per_device <= arch::layout::MMIO_64_SIZE);
+    }
+
+    /// The API's DSA geometry bounds are exactly what the device model accepts (the CLI's
+    /// `--dsa` goes to the device model directly).
+    #[test]
+    fn api_dsa_geometry_is_the_device_models() {
+        use api::types::dsa_limits as l;
+        use devices::dsa::DsaConfig;
+        let narrow = |v: u32| u8::try_from(v).unwrap();
+        let max = DsaConfig {
+            wqs: narrow(l::MAX_WQS),
+            engines: narrow(l::MAX_ENGINES),
+            groups: narrow(l::MAX_GROUPS),
+            total_wq_size: u16::try_from(l::MAX_TOTAL_WQ_SIZE).unwrap(),
+            max_xfer_shift: narrow(l::MAX_XFER_SHIFT),
+            max_batch_shift: narrow(l::MAX_BATCH_SHIFT),
+        };
+        let min = DsaConfig {
+            wqs: 1,
+            engines: 1,
+            groups: 1,
+            total_wq_size: 1,
+            max_xfer_shift: narrow(l::MIN_XFER_SHIFT),
+            max_batch_shift: narrow(l::MIN_BATCH_SHIFT),
+        };
+        assert!(max.validate().is_ok());
+        assert!(min.validate().is_ok());
+        let beyond: [fn(&mut DsaConfig); 6] = [
+            |c| c.wqs += 1,
+            |c| c.engines += 1,
+            |c| c.groups += 1,
+            |c| c.total_wq_size += 1,
+            |c| c.max_xfer_shift += 1,
+            |c| c.max_batch_shift += 1,
+        ];
+        for (i, grow) in beyond.iter().enumerate() {
+            let mut c = max;
+            grow(&mut c);
+            assert!(c.validate().is_err(), "field {i} above the API maximum");
+        }
+        let below: [fn(&mut DsaConfig); 5] = [
+            |c| c.wqs -= 1,
+            |c| c.engines -= 1,
+            |c| c.groups -= 1,
+            |c| c.max_xfer_shift -= 1,
+            |c| c.max_batch_shift -= 1,
+        ];
+        for (i, shrink) in below.iter().enumerate() {
+            let mut c = min;
+            shrink(&mut c);
+            assert!(c.validate().is_err(), "field {i} below the API minimum");
+        }
+    }
+
     #[test]
     fn serial_modes() {
         assert_eq!("stdout".parse(), Ok(SerialMode::Stdout));

@@ -250,15 +250,20 @@ impl Controller {
         dsa_config_from_api(&cfg)?;
         match self.dsa.iter_mut().find(|(i, _)| *i == id) {
             Some(slot) => slot.1 = cfg,
-            None => self.dsa.push((id, cfg)),
+            None => {
+                api::types::check_device_count(self.dsa.len() + 1)?;
+                self.dsa.push((id, cfg));
+            }
         }
         Ok(ApiReply::Empty)
     }
 
     /// Adds a device from the CLI (`--dsa`), named by its index.
-    pub fn add_cli_dsa(&mut self, cfg: &DsaConfig) {
+    pub fn add_cli_dsa(&mut self, cfg: &DsaConfig) -> Result<(), ApiError> {
+        api::types::check_device_count(self.dsa.len() + 1)?;
         let id = self.dsa.len().to_string();
         self.dsa.push((id, dsa_config_to_api(cfg)));
+        Ok(())
     }
 
     fn get_dsa(&self, id: &str) -> ApiResponse {

@@ -141,7 +141,9 @@ fn real_main() -> anyhow::Result<i32> {
         Some(Command::Selftest(_)) | None if !api_only => {
             apply_machine(&mut controller, &machine)?;
             if machine.dsa.is_empty() {
-                controller.add_cli_dsa(&devices::dsa::DsaConfig::default());
+                controller
+                    .add_cli_dsa(&devices::dsa::DsaConfig::default())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             let vcpus = machine.vcpus as u8;
             controller.set_builtin_kernel(

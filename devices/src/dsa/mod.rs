@@ -96,8 +96,8 @@ pub enum DsaConfigError {
     /// `max_xfer_shift` out of 21..=31.
     #[error("max transfer shift must be 21..=31 (2 MiB..2 GiB), got {0}")]
     MaxXferShift(u8),
-    /// `max_batch_shift` out of 5..=15.
-    #[error("max batch shift must be 5..=15 (32..32768), got {0}")]
+    /// `max_batch_shift` out of 5..=10.
+    #[error("max batch shift must be 5..=10 (32..1024 descriptors, as on a real DSA), got {0}")]
     MaxBatchShift(u8),
     /// A `key=value` option string could not be parsed.
     #[error("bad DSA option: {0}")]
@@ -122,7 +122,9 @@ impl DsaConfig {
         if !(21..=31).contains(&self.max_xfer_shift) {
             return Err(DsaConfigError::MaxXferShift(self.max_xfer_shift));
         }
-        if !(5..=15).contains(&self.max_batch_shift) {
+        // GENCAP's field holds up to 15, but a batch of 1024 is what real devices offer, what
+        // the API documents, and what bounds the work one batch descriptor can queue.
+        if !(5..=10).contains(&self.max_batch_shift) {
             return Err(DsaConfigError::MaxBatchShift(self.max_batch_shift));
         }
         Ok(())
