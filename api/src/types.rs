@@ -27,7 +27,7 @@ pub const MAX_PATH_LEN: usize = 4095;
 /// Longest accepted DSA device id.
 pub const MAX_ID_LEN: usize = 64;
 
-/// DSA geometry limits (issue 5; REFERENCE.md 2.x GENCAP/WQCAP/GRPCAP/ENGCAP).
+/// DSA geometry limits (issue 5; docs/dsa-device-model.md §2.3-§2.6, §9.1).
 pub mod dsa_limits {
     /// DSA devices per VM: one PCI slot each on bus 0, whose slot 0 is the host bridge
     /// (`vmm` checks this against the PCI model).
@@ -40,11 +40,13 @@ pub mod dsa_limits {
     pub const MAX_GROUPS: u32 = 4;
     /// WQCAP.total_wq_size upper bound (sum of all WQ sizes).
     pub const MAX_TOTAL_WQ_SIZE: u32 = 128;
-    /// GENCAP.max_xfer_shift range; the driver's WQ default is 2^21 (REFERENCE.md trap 11).
+    /// GENCAP.max_xfer_shift range; the driver's WQ default is 2^21
+    /// (docs/dsa-device-model.md §0 trap 11).
     pub const MIN_XFER_SHIFT: u32 = 21;
     /// Upper bound of GENCAP.max_xfer_shift (real SPR DSA: 31).
     pub const MAX_XFER_SHIFT: u32 = 31;
-    /// GENCAP.max_batch_shift range; the driver's WQ default is 2^5 (REFERENCE.md trap 11).
+    /// GENCAP.max_batch_shift range; the driver's WQ default is 2^5
+    /// (docs/dsa-device-model.md §0 trap 11).
     pub const MIN_BATCH_SHIFT: u32 = 5;
     /// Upper bound of GENCAP.max_batch_shift (real SPR DSA: 10).
     pub const MAX_BATCH_SHIFT: u32 = 10;

@@ -2,7 +2,7 @@
 //!
 //! Per vCPU: the APIC ID in leaves 1, 0xB and 0x1F, the hypervisor bit, a flat topology (one
 //! thread per core, all cores in one package), and MOVDIR64B/MOVDIRI forced on when requested —
-//! the Linux idxd driver refuses to load without MOVDIR64B (REFERENCE.md section 0, trap 3).
+//! the Linux idxd driver refuses to load without MOVDIR64B (docs/dsa-device-model.md §0, trap 3).
 
 use kvm_bindings::CpuId;
 

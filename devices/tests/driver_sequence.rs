@@ -1,7 +1,7 @@
 //! Host-side driver-sequence test: the exact MMIO / configuration sequences of Linux 6.12 idxd
-//! and accel-config 3.5.3 (REFERENCE.md sections 4.5-4.8, 8 and 12.2), performed against the
-//! vDSA wired up the way the VMM wires it (PCI bus, type-1 ports, ECAM, MMIO bus, guest memory),
-//! without KVM. Every register value the driver checks is checked here.
+//! and accel-config 3.5.3 (docs/dsa-device-model.md §4.5-§4.8, §8 and §12.2), performed
+//! against the vDSA wired up the way the VMM wires it (PCI bus, type-1 ports, ECAM, MMIO bus,
+//! guest memory), without KVM. Every register value the driver checks is checked here.
 
 use std::sync::{Arc, Mutex};
 

@@ -37,7 +37,7 @@ const COM1_GSI: u32 = 4;
 /// GSI of the i8042 keyboard.
 const I8042_GSI: u32 = 1;
 /// KVM_CAP_EXIT_ON_EMULATION_FAILURE: emulation failures exit with the instruction bytes
-/// instead of queuing #UD (REFERENCE.md section 0, trap 2).
+/// instead of queuing #UD (docs/dsa-device-model.md §0, trap 2).
 const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u32 = 204;
 
 /// Why a VM could not be built or run.

@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::descriptor::{Descriptor, DESC_SIZE};
 use super::engine::{self, EngineLimits, Outcome, SwError};
 
-/// Completion record flag CRAV (descriptor flags bit 2, REFERENCE.md section 6.2).
+/// Completion record flag CRAV (descriptor flags bit 2, docs/dsa-device-model.md §6.2).
 pub const FLAG_CRAV: u32 = 1 << 2;
 
 /// Result of handing a descriptor to a backend.

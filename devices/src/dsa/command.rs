@@ -1,4 +1,4 @@
-//! The command interface: CMD / CMDSTS (REFERENCE.md section 4).
+//! The command interface: CMD / CMDSTS (docs/dsa-device-model.md §4).
 //!
 //! Commands run synchronously inside the MMIO write: CMDSTS reads "active" (bit 31) during
 //! execution, then holds `err | result << 8`. Only when CMD bit 31 (int_req) was set does the

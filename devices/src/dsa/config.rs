@@ -1,4 +1,4 @@
-//! GRPCFG and WQCFG tables (REFERENCE.md section 3) and their lock/reset rules.
+//! GRPCFG and WQCFG tables (docs/dsa-device-model.md §3) and their lock/reset rules.
 //!
 //! - GRPCFG is writable only while the device is disabled; writes while enabled are silently
 //!   ignored, because the 6.12 driver rewrites every group at each enable-wq (trap 9).

@@ -1,21 +1,21 @@
-//! The 64-byte DSA work descriptor and the 32-byte completion record (REFERENCE.md sections
-//! 6 and 7), plus the opcode, flag and status constants the software engine uses.
+//! The 64-byte DSA work descriptor and the 32-byte completion record (docs/dsa-device-model.md §6
+//! and §7), plus the opcode, flag and status constants the software engine uses.
 //!
 //! Layouts follow Linux `include/uapi/linux/idxd.h` (`struct dsa_hw_desc`,
 //! `struct dsa_completion_record`, `enum dsa_opcode`, `enum dsa_completion_status`,
 //! `IDXD_OP_FLAG_*`). A descriptor comes from the guest and is never trusted: [`Descriptor::parse`]
 //! only decodes little-endian fields out of the raw bytes; every check happens in the engine.
 
-/// Size of a DSA descriptor in bytes (one MOVDIR64B payload, REFERENCE 6).
+/// Size of a DSA descriptor in bytes (one MOVDIR64B payload, §6).
 pub const DESC_SIZE: usize = 64;
-/// Size of a DSA completion record in bytes (REFERENCE 7).
+/// Size of a DSA completion record in bytes (§7).
 pub const COMP_SIZE: usize = 32;
-/// Required alignment of a completion record address (REFERENCE 7; status 0x1B otherwise).
+/// Required alignment of a completion record address (§7; status 0x1B otherwise).
 pub const COMP_ALIGN: u64 = 32;
 
-/// Opcodes (`enum dsa_opcode` in uapi idxd.h; REFERENCE 6.3).
+/// Opcodes (`enum dsa_opcode` in uapi idxd.h; §6.3).
 pub mod opcode {
-    /// No operation; still writes a completion record (dmaengine DMA_INTERRUPT, REFERENCE 8).
+    /// No operation; still writes a completion record (dmaengine DMA_INTERRUPT, §8).
     pub const NOOP: u8 = 0x00;
     /// Batch: a list of descriptors in guest memory.
     pub const BATCH: u8 = 0x01;
@@ -51,7 +51,7 @@ pub mod opcode {
     pub const CFLUSH: u8 = 0x20;
 }
 
-/// Descriptor flag bits, dword at 0x04 bits 23:0 (`IDXD_OP_FLAG_*`; REFERENCE 6.2).
+/// Descriptor flag bits, dword at 0x04 bits 23:0 (`IDXD_OP_FLAG_*`; §6.2).
 pub mod flags {
     /// Fence: inside a batch, wait for (and depend on) earlier descriptors.
     pub const FENCE: u32 = 1 << 0;
@@ -106,7 +106,7 @@ pub mod flags {
     pub const CRC_BYPASS_DATA_REFL: u32 = 1 << 18;
 }
 
-/// Completion status codes (`enum dsa_completion_status` in uapi idxd.h; REFERENCE 7).
+/// Completion status codes (`enum dsa_completion_status` in uapi idxd.h; §7).
 pub mod status {
     /// Not yet complete (the device never writes it as a final status).
     pub const NONE: u8 = 0x00;
@@ -206,7 +206,7 @@ pub mod status {
     /// Whether `s` (with or without the write-fault bit) is a code the device may write.
     pub fn is_valid(s: u8) -> bool {
         let code = s & CODE_MASK;
-        // Bit 7 is only meaningful on page-fault codes (REFERENCE 7).
+        // Bit 7 is only meaningful on page-fault codes (§7).
         if s & WRITE_FAULT != 0 && !matches!(code, PAGE_FAULT_NOBOF | PAGE_FAULT_IR) {
             return false;
         }
@@ -238,19 +238,19 @@ fn le_u64(raw: &[u8; DESC_SIZE], off: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Parsed view of a 64-byte DSA descriptor (`struct dsa_hw_desc`, REFERENCE 6.1). Never trusted:
+/// Parsed view of a 64-byte DSA descriptor (`struct dsa_hw_desc`, §6.1). Never trusted:
 /// the fields are decoded as-is; the engine validates them.
 ///
 /// Byte layout (little-endian):
 /// - `0x00` u32: `[19:0]` PASID, `[30:20]` reserved, `[31]` priv
-/// - `0x04` u32: `[23:0]` flags (REFERENCE 6.2), `[31:24]` opcode (REFERENCE 6.3)
-/// - `0x08` u64: completion record address (32-byte aligned, REFERENCE 7)
+/// - `0x04` u32: `[23:0]` flags (§6.2), `[31:24]` opcode (§6.3)
+/// - `0x08` u64: completion record address (32-byte aligned, §7)
 /// - `0x10` u64: source / pattern / descriptor list / readback 1 / delta record (apply)
 /// - `0x18` u64: destination / source 2 / compare pattern / readback 2
 /// - `0x20` u32: transfer size / descriptor count (batch)
 /// - `0x24` u16: completion interrupt handle
 /// - `0x26` u16: reserved
-/// - `0x28` 24 bytes: operation-specific (REFERENCE 6.3), see the accessors below
+/// - `0x28` 24 bytes: operation-specific (§6.3), see the accessors below
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Descriptor {
     /// PASID (`0x00` bits 19:0). Dedicated WQs use WQCFG instead.
@@ -311,7 +311,7 @@ impl Descriptor {
     }
 
     /// The completion interrupt handle (`0x24`): the MSI-X entry when interrupt handles are not
-    /// in use (REFERENCE 0 trap 7).
+    /// in use (§0 trap 7).
     pub fn int_handle(&self) -> u16 {
         self.int_handle
     }
@@ -412,7 +412,7 @@ impl Descriptor {
     }
 }
 
-/// A DSA completion record (`struct dsa_completion_record`, REFERENCE 7), 32 bytes:
+/// A DSA completion record (`struct dsa_completion_record`, §7), 32 bytes:
 /// - `0x00` status (bit 7: fault on write), `0x01` result / DIF status, `0x02` fault info,
 ///   `0x03` reserved
 /// - `0x04` u32 bytes completed (batch: descriptors completed)

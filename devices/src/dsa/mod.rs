@@ -1,6 +1,6 @@
 //! The virtual Intel DSA (PCI 8086:0b25) front end that the unmodified Linux 6.12 `idxd` driver
-//! and accel-config 3.5.3 accept. `/work/shared/dsa/REFERENCE.md` (cited by section number
-//! throughout) is the reference.
+//! and accel-config 3.5.3 accept. `docs/dsa-device-model.md` is its device model: in this module,
+//! "section N" and "trap K" mean that document's §N and §0 trap K.
 //!
 //! - PCI: class 0x088000, BAR0 (64 KiB, 64-bit prefetchable: registers, tables, MSI-X table at
 //!   0x2000 and PBA at 0x3000), BAR2 (portals, 16 KiB per WQ), an MSI-X capability with
@@ -60,7 +60,7 @@ pub struct DsaConfig {
     pub total_wq_size: u16,
     /// log2 of the device max transfer size, 21..=31 (trap 11: at least 2 MiB).
     pub max_xfer_shift: u8,
-    /// log2 of the device max batch size, 5..=15 (trap 11: at least 32).
+    /// log2 of the device max batch size, 5..=10 (trap 11: at least 32; real DSA: 10).
     pub max_batch_shift: u8,
 }
 

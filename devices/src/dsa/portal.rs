@@ -1,4 +1,4 @@
-//! BAR2: the WQ portals (REFERENCE.md section 1.4) and descriptor intake.
+//! BAR2: the WQ portals (docs/dsa-device-model.md §1.4) and descriptor intake.
 //!
 //! WQ n owns BAR2 + n * 0x4000: four 4 KiB pages (unlimited MSI-X, limited MSI-X, unlimited
 //! IMS, limited IMS). A submission is one 64-byte write (MOVDIR64B, delivered by the VMM's

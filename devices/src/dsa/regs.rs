@@ -1,4 +1,4 @@
-//! BAR0 register file of the vDSA (REFERENCE.md section 2) and its access rules.
+//! BAR0 register file of the vDSA (docs/dsa-device-model.md §2) and its access rules.
 //!
 //! Layout (section 9.1): registers 0x000-0x0FF, MSIX_PERM 0x300, GRPCFG 0x400, WQCFG 0x500, a
 //! zero-filled PERFMON window at 0x1000, the MSI-X table at 0x2000 and the PBA at 0x3000.

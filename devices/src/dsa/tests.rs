@@ -1,5 +1,5 @@
 //! Unit tests of the vDSA front end: every register rule and every device-side trap of
-//! REFERENCE.md section 0.
+//! docs/dsa-device-model.md §0.
 
 use std::sync::{Arc, Mutex};
 

@@ -2,7 +2,7 @@
 //! (both living in a BAR chosen by the device), per-vector and function masks, and delivery
 //! through an [`MsiInterruptSink`].
 //!
-//! Rules (PCI Local Bus 3.0 section 6.8.2, REFERENCE.md section 5):
+//! Rules (PCI Local Bus 3.0 section 6.8.2, docs/dsa-device-model.md §5):
 //! - A vector may fire only when MSI-X is enabled, the function is not masked and the vector's
 //!   mask bit is clear. A vector that fires while masked sets its pending bit instead, and is
 //!   delivered (pending bit cleared) as soon as it becomes unmasked.
@@ -286,7 +286,7 @@ impl Msix {
     }
 
     /// Masks every vector and clears pending bits (device-level MSI-X reset; not used by a DSA
-    /// RESET_DEVICE, which leaves the table alone: REFERENCE.md section 2.19).
+    /// RESET_DEVICE, which leaves the table alone: docs/dsa-device-model.md §2.19).
     pub fn reset(&mut self) {
         for e in &mut self.entries {
             *e = Entry {

@@ -1,6 +1,6 @@
 //! BATCH: a list of descriptors in guest memory, executed in order.
 //!
-//! Rules (REFERENCE 6.3 and 7; uapi status names; DML `batch.cpp`):
+//! Rules (§6.3 and 7; uapi status names; DML `batch.cpp`):
 //! - descriptor list at 0x10 must be 64-byte aligned, else 0x18 (`DSA_COMP_DESCLIST_ALIGN`);
 //! - count at 0x20 must be > 1 and <= the WQ's max batch size, else 0x14;
 //! - a list outside guest RAM gives 0x06 (`DSA_COMP_BATCH_PAGE_FAULT`) with the fault address;

@@ -1,6 +1,6 @@
 //! COMPARE and COMPARE_PATTERN (compval).
 //!
-//! Result (REFERENCE 7): 0 equal, 1 different; bytes completed = offset of the first
+//! Result (§7): 0 equal, 1 different; bytes completed = offset of the first
 //! difference. With the check-result flag, a result different from the expected one (0x28)
 //! gives status 0x02 "success, false predicate" (DML `compare.cpp`, `compare_pattern.cpp`).
 
@@ -58,7 +58,7 @@ pub fn compare<M: GuestMemory + ?Sized>(
     Ok(finish(desc, n, diff))
 }
 
-/// COMPARE_PATTERN: source at 0x10, 8-byte pattern at 0x18 (REFERENCE 6.3; accel-config
+/// COMPARE_PATTERN: source at 0x10, 8-byte pattern at 0x18 (§6.3; accel-config
 /// `dsa_prep_compval`). As in DML `sw_dispatcher/ref/compare_pattern.c`, a difference in a
 /// whole 8-byte word is reported at the word's offset, one in the tail at the exact byte.
 pub fn compare_pattern<M: GuestMemory + ?Sized>(

@@ -8,9 +8,9 @@
 //! - "read CRC seed" (flag bit 16) takes the seed from the u32 at the seed address (0x30)
 //!   instead of the seed field (0x28).
 //!
-//! With no flags this is standard CRC-32C continued from `seed` (REFERENCE 6.3: seed 0 gives the
+//! With no flags this is standard CRC-32C continued from `seed` (§6.3: seed 0 gives the
 //! standard CRC-32C, a previous result continues it), computed by the `crc32c` crate (SSE4.2).
-//! The result goes to completion record offset 0x10 (REFERENCE 7).
+//! The result goes to completion record offset 0x10 (§7).
 
 use vm_memory::GuestMemory;
 

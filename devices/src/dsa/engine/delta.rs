@@ -1,6 +1,6 @@
 //! CREATE_DELTA and APPLY_DELTA.
 //!
-//! Delta record entry (REFERENCE 6.3 "Format details"; DML `sw_dispatcher/ref/create_delta.c`):
+//! Delta record entry (§6.3; DML `sw_dispatcher/ref/create_delta.c`):
 //! 10 bytes, a little-endian u16 offset in 8-byte units followed by the 8 data bytes taken from
 //! source 2. Transfer sizes are multiples of 8 and at most 512 KiB (the u16 offset).
 
@@ -30,9 +30,9 @@ fn check_delta_size(desc: &Descriptor, limits: &EngineLimits) -> Result<u64, OpR
 }
 
 /// CREATE_DELTA: source 1 at 0x10, source 2 at 0x18, delta record at 0x28, maximum delta size
-/// at 0x30, expected-result mask at 0x38. Result (REFERENCE 7): 0 equal, 1 delta written,
+/// at 0x30, expected-result mask at 0x38. Result (§7): 0 equal, 1 delta written,
 /// 2 overflow; record offset 0x10 = delta record size. With check-result, result r is a
-/// success when bit r of the mask is set, else status 0x02 (REFERENCE 6.3; DML
+/// success when bit r of the mask is set, else status 0x02 (§6.3; DML
 /// `create_delta.cpp` treats masks 0b000 and 0b111 the same way).
 pub fn create_delta<M: GuestMemory + ?Sized>(
     mem: &M,

@@ -2,9 +2,9 @@
 //!
 //! Protection information: an 8-byte tuple after each data block, big-endian: guard tag
 //! (CRC16 T10-DIF, polynomial 0x8BB7, MSB-first), application tag (u16), reference tag (u32)
-//! (REFERENCE 6.3; DML `dif_impl/dml_dif.c` stores them byte-swapped on little-endian).
+//! (§6.3; DML `dif_impl/dml_dif.c` stores them byte-swapped on little-endian).
 //!
-//! Descriptor fields (uapi idxd.h `struct dsa_hw_desc`; REFERENCE 6.3):
+//! Descriptor fields (uapi idxd.h `struct dsa_hw_desc`; §6.3):
 //! - DIF flags (0x2A): bits 1:0 block size 512 / 520 / 4096 / 4104, bit 2 invert the CRC
 //!   seed (0xFFFF), bit 3 invert the CRC result (DML `dif_specific_flag`).
 //! - Source DIF flags (0x28; DML `dif_source_flag`): bit 0 enable all-F-detect error, bit 1
@@ -126,7 +126,7 @@ impl Tags {
     }
 
     /// Record fields at `base` (0x10 source side, 0x18 destination side): ref tag, app mask,
-    /// app tag (REFERENCE 7).
+    /// app tag (§7).
     fn store(&self, r: &mut OpResult, base: usize) {
         r.cr.set_u32(base, self.ref_tag);
         r.cr.set_u16(base + 4, self.app_mask);

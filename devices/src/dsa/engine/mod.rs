@@ -5,7 +5,7 @@
 //! dualcast, cache flush), [`compare`], [`delta`], [`crc`], [`dif`], [`batch`].
 //!
 //! Where the rules come from (comments in each module cite the exact source):
-//! - `shared/dsa/REFERENCE.md` sections 6, 7 and 10 (layout, flags, status codes, order of
+//! - `docs/dsa-device-model.md` §6, §7 and §10 (layout, flags, status codes, order of
 //!   checks, completion-record write rules);
 //! - Linux `include/uapi/linux/idxd.h` (field offsets, `DSA_COMP_*`, `IDXD_OP_FLAG_*`);
 //! - Intel DML `sources/core/src/validation.cpp` (per-operation validation: sizes, alignment,
@@ -32,31 +32,31 @@ use mem::Fault;
 /// Limits and capabilities the engine enforces; the front end fills them from GENCAP/WQCFG.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineLimits {
-    /// Maximum transfer size in bytes (WQCFG.max_xfer_shift; REFERENCE 0 trap 11: 2 MiB).
+    /// Maximum transfer size in bytes (WQCFG.max_xfer_shift; §0 trap 11: 2 MiB).
     pub max_xfer_size: u64,
-    /// Maximum descriptors in a batch (WQCFG.max_batch_shift; REFERENCE 0 trap 11: 32).
+    /// Maximum descriptors in a batch (WQCFG.max_batch_shift; §0 trap 11: 32).
     pub max_batch_size: u32,
-    /// GENCAP.overlap_copy (REFERENCE 2.3, [R] 1): MEMMOVE may overlap; otherwise 0x16.
+    /// GENCAP.overlap_copy (§2.3, [R] 1): MEMMOVE may overlap; otherwise 0x16.
     pub overlap_copy: bool,
-    /// GENCAP.cache_control_mem (REFERENCE 2.3, [R] 1): the CC flag is allowed.
+    /// GENCAP.cache_control_mem (§2.3, [R] 1): the CC flag is allowed.
     pub cache_control: bool,
-    /// GENCAP.drain_readback (REFERENCE 2.3, [R] 0): drain readback flags allowed.
+    /// GENCAP.drain_readback (§2.3, [R] 0): drain readback flags allowed.
     pub drain_readback: bool,
-    /// GENCAP.dest_readback (REFERENCE 2.3, [R] 0): the destination-readback flag is allowed.
+    /// GENCAP.dest_readback (§2.3, [R] 0): the destination-readback flag is allowed.
     pub dest_readback: bool,
     /// DSA 2.0 descriptor features (steering-tag selector flags). VERSION 1.0 device: false.
     pub dsa2: bool,
     /// Number of valid interrupt handles (the WQ vectors' MSI-X table size when interrupt
-    /// handles are not in use, REFERENCE 0 trap 7). 0 disables the check. With RCI set and
+    /// handles are not in use, §0 trap 7). 0 disables the check. With RCI set and
     /// `int_handle >= int_handles` the descriptor fails with 0x19 and raises nothing.
     pub int_handles: u16,
     /// Status for an address outside guest RAM. Default 0x03 (page fault, block-on-fault off,
-    /// with the fault address and bit 7 for a write); REFERENCE 10.2 also allows 0x22 / 0x20.
+    /// with the fault address and bit 7 for a write); §10.2 also allows 0x22 / 0x20.
     pub fault_status: u8,
 }
 
 impl Default for EngineLimits {
-    /// REFERENCE 9.1 / 0 trap 11: the WQ defaults are 2 MiB and 32 descriptors.
+    /// §0 trap 11: the WQ defaults are 2 MiB and 32 descriptors.
     fn default() -> Self {
         EngineLimits {
             max_xfer_size: 2 << 20,
@@ -72,7 +72,7 @@ impl Default for EngineLimits {
     }
 }
 
-/// An error the front end must report through SWERR (REFERENCE 10.1): it could not go into a
+/// An error the front end must report through SWERR (§10.1): it could not go into a
 /// completion record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwError {
@@ -116,7 +116,7 @@ pub struct Outcome {
     pub member_interrupts: Vec<u16>,
 }
 
-/// Opcodes the engine executes; the front end advertises them in OPCAP (REFERENCE 2.7). This
+/// Opcodes the engine executes; the front end advertises them in OPCAP (§2.7). This
 /// is the DSA 1.0 set (the same bits as real SPR: OPCAP[0] = 0x1_003F_03FF).
 pub const SUPPORTED_OPCODES: &[u8] = &[
     opcode::NOOP,
@@ -138,7 +138,7 @@ pub const SUPPORTED_OPCODES: &[u8] = &[
     opcode::CFLUSH,
 ];
 
-/// OPCAP as four qwords (REFERENCE 2.7: qword i holds opcodes 64i..64i+63).
+/// OPCAP as four qwords (§2.7: qword i holds opcodes 64i..64i+63).
 pub fn opcap() -> [u64; 4] {
     let mut cap = [0u64; 4];
     for &op in SUPPORTED_OPCODES {
@@ -205,7 +205,7 @@ impl OpResult {
         r
     }
 
-    /// A fault outside guest RAM (REFERENCE 7: bit 7 = fault on a write, page-fault codes only;
+    /// A fault outside guest RAM (§7: bit 7 = fault on a write, page-fault codes only;
     /// fault address at 0x08; `done` bytes completed).
     pub fn fault(limits: &EngineLimits, f: Fault, done: u32) -> Self {
         let code = limits.fault_status & status::CODE_MASK;
@@ -225,7 +225,7 @@ impl OpResult {
     }
 }
 
-/// Checks a transfer size (REFERENCE 10.2: 0 or > max gives 0x13).
+/// Checks a transfer size (§10.2: 0 or > max gives 0x13).
 pub(crate) fn check_size(desc: &Descriptor, limits: &EngineLimits) -> Result<u64, OpResult> {
     let n = u64::from(desc.xfer_size);
     if n == 0 || n > limits.max_xfer_size {
@@ -246,17 +246,17 @@ pub(crate) fn check_ranges<M: GuestMemory + ?Sized>(
     Ok(())
 }
 
-/// Flags not allowed for this descriptor (REFERENCE 10.2: 0x11 with the offending bits).
+/// Flags not allowed for this descriptor (§10.2: 0x11 with the offending bits).
 fn invalid_flags(desc: &Descriptor, limits: &EngineLimits) -> u32 {
     let f = desc.flags;
     let op = desc.opcode;
-    // Bit 6 is reserved (uapi idxd.h has no flag there; REFERENCE 6.2).
+    // Bit 6 is reserved (uapi idxd.h has no flag there; §6.2).
     let mut bad = f & flags::RSVD6;
-    // Steering-tag selectors exist from DSA 2.0 on (REFERENCE 6.2).
+    // Steering-tag selectors exist from DSA 2.0 on (§6.2).
     if !limits.dsa2 {
         bad |= f & (flags::CRSTS | flags::DSTS);
     }
-    // Destination readback needs GENCAP bit 8; cache control needs GENCAP bit 2 (REFERENCE 6.2).
+    // Destination readback needs GENCAP bit 8; cache control needs GENCAP bit 2 (§6.2).
     if !limits.dest_readback {
         bad |= f & flags::DRDBK;
     }
@@ -271,7 +271,7 @@ fn invalid_flags(desc: &Descriptor, limits: &EngineLimits) -> u32 {
     ) {
         bad |= f & (flags::CC | flags::STORD);
     }
-    // Operation-specific flags 23:16 (REFERENCE 6.2; DML `specific_flags.hpp`).
+    // Operation-specific flags 23:16 (§6.2; DML `specific_flags.hpp`).
     let allowed_op = match op {
         opcode::DRAIN if limits.drain_readback => 0x000F_0000,
         opcode::DUALCAST if limits.dsa2 => flags::DUALCAST_DEST2_STS,
@@ -285,7 +285,7 @@ fn invalid_flags(desc: &Descriptor, limits: &EngineLimits) -> u32 {
 }
 
 /// Bytes 0x28..0x40 an operation defines (bit i = byte 0x28 + i), from `struct dsa_hw_desc`
-/// in uapi idxd.h and REFERENCE 6.3. `None`: not checked (NOOP, DRAIN and BATCH are filled
+/// in uapi idxd.h and §6.3. `None`: not checked (NOOP, DRAIN and BATCH are filled
 /// loosely by real clients: accel-config `dsa_prep_noop`/`dsa_prep_drain` set addresses).
 fn defined_op_bytes(op: u8) -> Option<u32> {
     Some(match op {
@@ -322,7 +322,7 @@ fn reserved_nonzero(desc: &Descriptor) -> bool {
     (0..24usize).any(|i| defined & (1 << i) == 0 && desc.byte(0x28 + i) != 0)
 }
 
-/// Executes one descriptor and writes its completion record (REFERENCE 7 write rules):
+/// Executes one descriptor and writes its completion record (§7 write rules):
 /// the record is written when RCR = 1, or when CRAV = 1 and the status is not success; bytes
 /// 0x01-0x1F first, then the status byte. Batch descriptors run their list here too.
 pub fn execute<M: GuestMemory + ?Sized>(
@@ -366,7 +366,7 @@ pub(crate) fn execute_inner<M: GuestMemory + ?Sized>(
 
     let mut cr_slice = None;
     // The completion record address is checked before the operation runs: a record that cannot
-    // be written is reported through SWERR (REFERENCE 10.1: 0x1B misaligned, 0x1A translation).
+    // be written is reported through SWERR (§10.1: 0x1B misaligned, 0x1A translation).
     if crav {
         if !cra.is_multiple_of(COMP_ALIGN) {
             out.status = status::CRA_ALIGN;
@@ -407,7 +407,7 @@ pub(crate) fn execute_inner<M: GuestMemory + ?Sized>(
             Err(()) => out.swerr = Some(swerr(status::CRA_XLAT, cra, 0, true)),
         }
     } else if !crav && !ok {
-        // REFERENCE 10.1: CRAV = 0 with an error status goes to SWERR with that status.
+        // §10.1: CRAV = 0 with an error status goes to SWERR with that status.
         let st = res.cr.status & status::CODE_MASK;
         let inv = if st == status::INVALID_FLAGS {
             res.cr.u32_at(0x10)
@@ -428,7 +428,7 @@ pub(crate) fn execute_inner<M: GuestMemory + ?Sized>(
 }
 
 /// Writes a completion record: bytes 1..32 first, then (after a release fence) the status
-/// byte, so a guest polling the status never sees a half-written record (REFERENCE 7, 0 trap 7).
+/// byte, so a guest polling the status never sees a half-written record (§7, 0 trap 7).
 fn write_record<M: GuestMemory + ?Sized>(
     mem: &M,
     cra: u64,
@@ -463,7 +463,7 @@ fn write_record_slice<B: vm_memory::bitmap::BitmapSlice>(
         .map_err(|_| ())
 }
 
-/// Validation common to all operations, in the order of REFERENCE 10.2 (opcode, flags,
+/// Validation common to all operations, in the order of §10.2 (opcode, flags,
 /// reserved fields), then the operation itself (size, alignment, overlap, execution).
 fn run_op<M: GuestMemory + ?Sized>(
     mem: &M,
@@ -483,7 +483,7 @@ fn run_op<M: GuestMemory + ?Sized>(
     let bad = invalid_flags(desc, limits);
     if bad != 0 {
         let mut r = OpResult::status(status::INVALID_FLAGS);
-        // REFERENCE 7: offending flags [23:0] at record offset 0x10.
+        // §7: offending flags [23:0] at record offset 0x10.
         r.cr.set_u32(0x10, bad);
         return r;
     }

@@ -9,7 +9,7 @@ type OpRes = Result<OpResult, OpResult>;
 
 /// DRAIN: ordering against earlier descriptors is the front end's job; the engine completes it
 /// at once. With readback flags (only allowed when GENCAP.drain_readback), each readback
-/// address is read; a fault there gives 0x1F (REFERENCE 7; uapi `DSA_COMP_PFAULT_RDBA`).
+/// address is read; a fault there gives 0x1F (§7; uapi `DSA_COMP_PFAULT_RDBA`).
 pub fn drain<M: GuestMemory + ?Sized>(mem: &M, desc: &Descriptor, _limits: &EngineLimits) -> OpRes {
     for (flag, addr) in [
         (flags::DRAIN_READBACK1, desc.src),
@@ -26,9 +26,9 @@ pub fn drain<M: GuestMemory + ?Sized>(mem: &M, desc: &Descriptor, _limits: &Engi
     Ok(OpResult::success(0))
 }
 
-/// MEMMOVE (REFERENCE 6.3): source 0x10, destination 0x18, size 0x20. Overlap is allowed when
-/// GENCAP.overlap_copy = 1 (REFERENCE 2.3), else 0x16 (REFERENCE 10.2). Success: status 1,
-/// result 0, bytes completed 0 (REFERENCE 7).
+/// MEMMOVE (§6.3): source 0x10, destination 0x18, size 0x20. Overlap is allowed when
+/// GENCAP.overlap_copy = 1 (§2.3), else 0x16 (§10.2). Success: status 1,
+/// result 0, bytes completed 0 (§7).
 pub fn memmove<M: GuestMemory + ?Sized>(
     mem: &M,
     desc: &Descriptor,
@@ -51,7 +51,7 @@ pub fn memmove<M: GuestMemory + ?Sized>(
     Ok(OpResult::success(n))
 }
 
-/// MEMFILL (REFERENCE 6.3): the 8-byte pattern is the qword at 0x10 (little-endian, byte 0 at
+/// MEMFILL (§6.3): the 8-byte pattern is the qword at 0x10 (little-endian, byte 0 at
 /// the destination start: accel-config `dsa_prep_memfill` passes the pattern value as the
 /// source field), destination 0x18. A pattern of one repeated byte is a host memset; any other
 /// pattern is copied from a per-thread pattern buffer. The DSA 2.0 16-byte pattern (high half
@@ -69,7 +69,7 @@ pub fn memfill<M: GuestMemory + ?Sized>(
     Ok(OpResult::success(n))
 }
 
-/// DUALCAST (REFERENCE 6.3): source 0x10, destination 1 at 0x18, destination 2 at 0x28.
+/// DUALCAST (§6.3): source 0x10, destination 1 at 0x18, destination 2 at 0x28.
 /// DML `validation.cpp`: bits 11:0 of both destinations must match (0x17), and no two of the
 /// three buffers may overlap (0x16).
 pub fn dualcast<M: GuestMemory + ?Sized>(
@@ -95,7 +95,7 @@ pub fn dualcast<M: GuestMemory + ?Sized>(
     Ok(OpResult::success(n))
 }
 
-/// CACHE_FLUSH (REFERENCE 6.3): address 0x18, size 0x20. A software device has no cache of its
+/// CACHE_FLUSH (§6.3): address 0x18, size 0x20. A software device has no cache of its
 /// own; the range is still checked so a flush of non-RAM faults like hardware would.
 pub fn cache_flush<M: GuestMemory + ?Sized>(
     mem: &M,

@@ -124,7 +124,7 @@ fn assert_err(m: &GuestMemoryMmap<()>, d: D, st: u8) {
 
 #[test]
 fn opcap_matches_spr() {
-    // REFERENCE 2.7: real SPR OPCAP[0] = 0x1_003F_03FF.
+    // §2.7: real SPR OPCAP[0] = 0x1_003F_03FF.
     assert_eq!(opcap(), [0x1_003F_03FF, 0, 0, 0]);
     assert_eq!(opcode_name(opcode::MEMMOVE), "memmove");
     assert_eq!(opcode_name(0x77), "unknown");
@@ -173,7 +173,7 @@ fn no_record_on_success_without_rcr_but_on_error() {
     let o = run(&m, D::new(opcode::NOOP, flags::CRAV));
     assert!(!o.record_written);
     assert_eq!(cr(&m).status, 0);
-    // Error without RCR: the record is written (REFERENCE 7).
+    // Error without RCR: the record is written (§7).
     let o = run(&m, D::new(0x30, flags::CRAV));
     assert!(o.record_written);
     assert_eq!(cr(&m).status, status::BAD_OPCODE);
@@ -216,7 +216,7 @@ fn completion_address_errors_go_to_swerr() {
         o.swerr.map(|e| (e.status, e.invalid_flags)),
         Some((status::INVALID_FLAGS, flags::RCR))
     );
-    // CRAV = 0 with an error: SWERR carries the status (REFERENCE 10.1).
+    // CRAV = 0 with an error: SWERR carries the status (§10.1).
     let o = run(&m, D::new(opcode::MEMMOVE, 0).src(MEM).dst(DST).size(8));
     let e = o.swerr.unwrap();
     assert_eq!(
@@ -318,7 +318,7 @@ fn common_validation_order_and_codes() {
             .size(8),
         status::INVALID_FLAGS,
     );
-    // Flags are checked before reserved fields (REFERENCE 10.2 order).
+    // Flags are checked before reserved fields (§10.2 order).
     assert_err(
         &m,
         D::new(opcode::MEMMOVE, STD | 0x40)
@@ -457,7 +457,7 @@ fn memmove_size_and_fault_errors() {
             .size(64),
     );
     assert_eq!(o.status & status::CODE_MASK, status::PAGE_FAULT_NOBOF);
-    // A configurable status for non-RAM (REFERENCE 10.2 allows 0x22).
+    // A configurable status for non-RAM (§10.2 allows 0x22).
     let l = EngineLimits {
         fault_status: status::TRANSLATION_FAIL,
         ..Default::default()
@@ -978,7 +978,7 @@ fn crc32c_matches_crate_and_continues() {
     put(&m, SRC, b"123456789");
     run(&m, D::new(opcode::CRCGEN, STD).src(SRC).size(9));
     assert_eq!(cr(&m).u32_at(0x10), 0xE306_9283);
-    // A previous result as seed continues the CRC (REFERENCE 6.3).
+    // A previous result as seed continues the CRC (§6.3).
     put(&m, SRC, &data);
     run(&m, D::new(opcode::CRCGEN, STD).src(SRC).size(30_000));
     let first = cr(&m).u32_at(0x10);
