@@ -1,7 +1,7 @@
 //! The tiny x86-64 decoder for the instructions that reach dsavmm as KVM emulation failures:
 //! MOVDIR64B (`66 [REX] 0F 38 F8 /r`) and MOVDIRI (`[REX] 0F 38 F9 /r`), in 64-bit mode.
 //!
-//! KVM's emulator lacks both (REFERENCE.md section 0, trap 2), so a guest store to a trapped DSA
+//! KVM's emulator lacks both (docs/dsa-device-model.md §0, trap 2), so a guest store to a trapped DSA
 //! portal arrives with the raw instruction bytes. The exit's `insn_size` is the number of bytes
 //! fetched, not the instruction length: the length comes from this decoder.
 

@@ -1,5 +1,5 @@
 //! One vCPU thread: the KVM_RUN loop and the dispatch of its exits onto the PIO and MMIO buses,
-//! including the MOVDIR64B/MOVDIRI emulation-failure path (REFERENCE.md section 0 trap 2, 11).
+//! including the MOVDIR64B/MOVDIRI emulation-failure path (docs/dsa-device-model.md §0 trap 2, §11).
 //!
 //! Registers needed on that path come from `KVM_CAP_SYNC_REGS` (no extra ioctl per exit).
 
