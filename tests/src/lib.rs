@@ -31,6 +31,7 @@ pub mod idxd;
 pub mod parse;
 pub mod qemu;
 pub mod rig;
+pub mod skip;
 
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
 pub use guest::{IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
@@ -38,6 +39,7 @@ pub use idxd::{Dmatest, IdxdReport, Step, StepStatus};
 pub use parse::{Layer, Line, RunOutcome};
 pub use qemu::{patched_qemu, PatchedQemu};
 pub use rig::{Mode, NestedVm, RigOutput, Run};
+pub use skip::{kvm_or_skip, report_note, report_skip};
 
 /// A rig failure: the layer that failed, what happened, and that layer's last output lines.
 /// `Debug` prints the same text as `Display` (a test returning `Err` shows a readable message).

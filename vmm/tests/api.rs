@@ -129,7 +129,7 @@ fn pio_exits(metrics: &str) -> u64 {
 
 #[test]
 fn configure_boot_pause_resume_shutdown() {
-    if !kvm_available() {
+    if !kvm_available("configure_boot_pause_resume_shutdown") {
         return;
     }
     let vmm = Vmm::start("lifecycle", &[]);
@@ -202,7 +202,7 @@ fn configure_boot_pause_resume_shutdown() {
 
 #[test]
 fn selftest_guest_over_api_then_halted() {
-    if !kvm_available() {
+    if !kvm_available("selftest_guest_over_api_then_halted") {
         return;
     }
     let vmm = Vmm::start("selftest", &[]);
@@ -231,7 +231,7 @@ fn selftest_guest_over_api_then_halted() {
 
 #[test]
 fn error_classes() {
-    if !kvm_available() {
+    if !kvm_available("error_classes") {
         return;
     }
     let vmm = Vmm::start("errors", &[]);
@@ -311,7 +311,7 @@ fn error_classes() {
 
 #[test]
 fn run_with_api_sock_and_remote_client() {
-    if !kvm_available() {
+    if !kvm_available("run_with_api_sock_and_remote_client") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("dsavmm-api-{}-run-elf", std::process::id()));
@@ -357,7 +357,7 @@ fn run_with_api_sock_and_remote_client() {
 
 #[test]
 fn config_file_boots_the_vm() {
-    if !kvm_available() {
+    if !kvm_available("config_file_boots_the_vm") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("dsavmm-api-{}-cfg", std::process::id()));

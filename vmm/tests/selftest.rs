@@ -34,7 +34,7 @@ fn expect_pass(args: &[&str]) -> String {
 
 #[test]
 fn default_command_passes() {
-    if !kvm_available() {
+    if !kvm_available("default_command_passes") {
         return;
     }
     expect_pass(&[]);
@@ -42,7 +42,7 @@ fn default_command_passes() {
 
 #[test]
 fn machine_shapes_and_dsa_geometries() {
-    if !kvm_available() {
+    if !kvm_available("machine_shapes_and_dsa_geometries") {
         return;
     }
     for args in [
@@ -85,7 +85,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 #[test]
 fn run_selftest_elf_with_initrd() {
-    if !kvm_available() {
+    if !kvm_available("run_selftest_elf_with_initrd") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("dsavmm-selftest-{}", std::process::id()));
