@@ -195,7 +195,8 @@ pub fn run_all(boot: &mut BootInfo, kernel: (u64, u64), start: u64) -> Runner {
     r.report("smp", case_smp(&ctx, &acpi));
     r.report("memory", case_memory(&ctx));
     r.report("timer_interrupt", case_timer());
-    crate::dsatest::run_all(&mut r, &acpi);
+    let dsa = crate::dsatest::run_all(&mut r, &acpi);
+    crate::faults::run_all(&mut r, dsa);
     r
 }
 
