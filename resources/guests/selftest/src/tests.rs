@@ -224,7 +224,14 @@ fn case_e820(ctx: &Ctx) -> Outcome {
             }
         });
     }
-    match e820::check(map, ctx.boot.mem_claimed, ctx.kernel, ctx.mem_mib) {
+    let b = ctx.boot;
+    let loaded = e820::Loaded {
+        kernel: ctx.kernel,
+        cmdline: (b.cmdline_state == CmdlineState::Ok)
+            .then_some((b.cmdline_addr, b.cmdline_len as u64 + 1)),
+        initrd: b.initrd,
+    };
+    match e820::check(map, b.mem_claimed, &loaded, ctx.mem_mib) {
         Ok(()) => Outcome::Ok,
         Err(l) => Outcome::Fail(l),
     }
