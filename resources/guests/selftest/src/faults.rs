@@ -9,10 +9,15 @@
 //! resume the kernel at the saved context, which returns "faulted". A user
 //! routine that completes returns with `int $USER_RETURN_VECTOR`.
 //!
-//! Where MOVDIR64B/MOVDIRI itself raises #UD (a CPU without it, e.g. stock
-//! QEMU TCG) the cases that use it report skipped. Under KVM without a DSA
-//! device (so not dsavmm: QEMU on this machine's KVM stops the guest on the
-//! emulation failure of any of these instructions) every case is skipped.
+//! A first probe finds whether MOVDIR64B and MOVDIRI execute at CPL 0. Where
+//! one raises #UD there (a CPU without it, e.g. stock QEMU TCG) the cases
+//! that use it report skipped. Where one executes at CPL 0 but raises #UD at
+//! CPL 3, the CPL 3 cases report skipped with that reason: this project's PVM
+//! KVM runs guest user mode natively on a host CPU without the instructions
+//! and answers the hardware #UD itself, so the VMM never sees them. Under KVM
+//! without a DSA device (so not dsavmm: QEMU on this machine's KVM stops the
+//! guest on the emulation failure of any of these instructions) every case
+//! is skipped.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -242,12 +247,30 @@ static HAS_MOVDIRI: AtomicBool = AtomicBool::new(false);
 const USER_UD: &str = " raises #UD at CPL 3 but executes at CPL 0 \
     (KVM runs guest user mode on a host CPU without it and injects #UD itself)";
 
+/// The instructions probed.
+#[derive(Clone, Copy)]
+enum Insn {
+    Movdir64b,
+    Movdiri,
+    Popcnt,
+}
+
+impl Insn {
+    fn name(self) -> &'static str {
+        match self {
+            Insn::Movdir64b => "MOVDIR64B",
+            Insn::Movdiri => "MOVDIRI",
+            Insn::Popcnt => "POPCNT",
+        }
+    }
+}
+
 /// What a probe must end with.
 struct Want {
     /// What was tried, for the failure text.
     what: &'static str,
-    /// Name of the instruction (for the #UD skip text).
-    insn: &'static str,
+    /// The instruction probed.
+    insn: Insn,
     /// Address of the instruction (RIP of a fault; the user VA at CPL 3).
     rip: u64,
     /// Whether it ran at CPL 3.
@@ -287,18 +310,18 @@ fn check(got: Probe, want: &Want) -> Result<(), Outcome> {
         let unexpected_ud = f.vector == 6 && want.fault.map(|w| w.0) != Some(6);
         if unexpected_ud && f.rip == want.rip {
             let executes_at_cpl0 = match want.insn {
-                "MOVDIR64B" => HAS_MOVDIR64B.load(Ordering::Relaxed),
-                "MOVDIRI" => HAS_MOVDIRI.load(Ordering::Relaxed),
-                _ => true,
+                Insn::Movdir64b => HAS_MOVDIR64B.load(Ordering::Relaxed),
+                Insn::Movdiri => HAS_MOVDIRI.load(Ordering::Relaxed),
+                Insn::Popcnt => true,
             };
             if !executes_at_cpl0 {
                 let mut l = Line::new();
-                l.s(want.insn).s(" raises #UD on this CPU");
+                l.s(want.insn.name()).s(" raises #UD on this CPU");
                 return Err(Outcome::Skip(l));
             }
             if want.user {
                 let mut l = Line::new();
-                l.s(want.insn).s(USER_UD);
+                l.s(want.insn.name()).s(USER_UD);
                 return Err(Outcome::Skip(l));
             }
         }
@@ -410,7 +433,7 @@ fn user_movdir64b() -> Result<(), Outcome> {
         got,
         &Want {
             what: "MOVDIR64B to a user page",
-            insn: "MOVDIR64B",
+            insn: Insn::Movdir64b,
             rip: user_va(insn),
             user: true,
             fault: None,
@@ -450,7 +473,7 @@ fn user_movdiri_ok(bytes: u64, dst: u64, value: u64) -> Result<(), Outcome> {
             } else {
                 "8-byte MOVDIRI to a user page"
             },
-            insn: "MOVDIRI",
+            insn: Insn::Movdiri,
             rip,
             user: true,
             fault: None,
@@ -552,7 +575,7 @@ fn user_movdir64b_pf(
         try_user(routine, dst, src),
         &Want {
             what,
-            insn: "MOVDIR64B",
+            insn: Insn::Movdir64b,
             rip: user_va(insn),
             user: true,
             fault: Some((14, error, cr2)),
@@ -625,7 +648,7 @@ fn case_user_movdiri_pf() -> Outcome {
                     } else {
                         "CPL 3 8-byte MOVDIRI to a read-only page"
                     },
-                    insn: "MOVDIRI",
+                    insn: Insn::Movdiri,
                     rip,
                     user: true,
                     fault: Some((14, PF_P | PF_W | PF_U, dst)),
@@ -657,7 +680,7 @@ fn case_gp_misaligned() -> Outcome {
             try_kernel(selftest_k_movdir64b, data + 0x408, data + 0x500),
             &Want {
                 what: "MOVDIR64B to a misaligned destination",
-                insn: "MOVDIR64B",
+                insn: Insn::Movdir64b,
                 rip: k_movdir64b_rip(),
                 user: false,
                 fault: Some((13, 0, 0)),
@@ -705,7 +728,7 @@ fn case_pf_wp() -> Outcome {
             got,
             &Want {
                 what: "CR0.WP=1: MOVDIR64B to a read-only page",
-                insn: "MOVDIR64B",
+                insn: Insn::Movdir64b,
                 rip: k_movdir64b_rip(),
                 user: false,
                 fault: Some((14, PF_P | PF_W, dst)),
@@ -721,7 +744,7 @@ fn case_pf_wp() -> Outcome {
             got,
             &Want {
                 what: "CR0.WP=0: MOVDIR64B to a read-only page",
-                insn: "MOVDIR64B",
+                insn: Insn::Movdir64b,
                 rip: k_movdir64b_rip(),
                 user: false,
                 fault: None,
@@ -764,7 +787,7 @@ fn kernel_movdir64b_pf(
         try_kernel(selftest_k_movdir64b, dst, src),
         &Want {
             what,
-            insn: "MOVDIR64B",
+            insn: Insn::Movdir64b,
             rip: k_movdir64b_rip(),
             user: false,
             fault: Some((14, error, cr2)),
@@ -824,7 +847,7 @@ fn case_k_movdiri_split() -> Outcome {
                 try_kernel(f, page(um::PG_SPLIT) + um::PAGE - first, V),
                 &Want {
                     what: "CPL 0 MOVDIRI across a page boundary",
-                    insn: "MOVDIRI",
+                    insn: Insn::Movdiri,
                     rip,
                     user: false,
                     fault: None,
@@ -885,7 +908,7 @@ fn case_k_movdiri_wp() -> Outcome {
                 got,
                 &Want {
                     what: "CR0.WP=1: MOVDIRI to a read-only page",
-                    insn: "MOVDIRI",
+                    insn: Insn::Movdiri,
                     rip,
                     user: false,
                     fault: Some((14, PF_P | PF_W, dst)),
@@ -900,7 +923,7 @@ fn case_k_movdiri_wp() -> Outcome {
                 try_kernel(f, dst, V),
                 &Want {
                     what: "CR0.WP=0: MOVDIRI to a read-only page",
-                    insn: "MOVDIRI",
+                    insn: Insn::Movdiri,
                     rip,
                     user: false,
                     fault: None,
@@ -933,6 +956,65 @@ fn clear_smap() {
             core::arch::asm!("mov cr4, {}", in(reg) cr4 & !SMAP, options(nostack, preserves_flags));
         }
     }
+}
+
+/// Stores to [`um::UNCLAIMED_MMIO`] (`base` is its address in the current
+/// mode's mapping): MOVDIR64B, MOVDIRI 4 and 8 bytes; the CPU completes
+/// each (nothing decodes the address: the write is dropped).
+fn mmio_stores(base: u64, user: bool) -> Result<(), Outcome> {
+    let src = if user {
+        page(um::PG_DATA) + 0x500
+    } else {
+        frame(um::FR_DATA) + 0x500
+    };
+    fill64(frame(um::FR_DATA) + 0x500, SRC_SEED);
+    let what = if user {
+        "CPL 3 store to unclaimed MMIO"
+    } else {
+        "CPL 0 store to unclaimed MMIO"
+    };
+    let (got, rip) = if user {
+        let insn = core::ptr::addr_of!(um::selftest_user_movdir64b_insn);
+        (
+            try_user(core::ptr::addr_of!(um::selftest_user_movdir64b), base, src),
+            user_va(insn),
+        )
+    } else {
+        (
+            try_kernel(selftest_k_movdir64b, base, src),
+            k_movdir64b_rip(),
+        )
+    };
+    let want = |insn, rip| Want {
+        what,
+        insn,
+        rip,
+        user,
+        fault: None,
+    };
+    check(got, &want(Insn::Movdir64b, rip))?;
+    for (bytes, off) in [(4u64, 0x40u64), (8, 0x48)] {
+        let (got, rip) = if user {
+            let (routine, rip) = movdiri_sym(bytes);
+            (try_user(routine, base + off, 0x3132_3334_3536_3738), rip)
+        } else {
+            let (f, rip) = k_movdiri(bytes);
+            (try_kernel(f, base + off, 0x3132_3334_3536_3738), rip)
+        };
+        check(got, &want(Insn::Movdiri, rip))?;
+    }
+    Ok(())
+}
+
+/// Case `movdir64b_mmio_unclaimed`: [`mmio_stores`] at CPL 0.
+fn case_k_mmio() -> Outcome {
+    outcome(mmio_stores(um::UNCLAIMED_MMIO, false))
+}
+
+/// Case `user_movdir64b_mmio_unclaimed`: [`mmio_stores`] at CPL 3 (through
+/// the user MMIO page).
+fn case_user_mmio() -> Outcome {
+    outcome(mmio_stores(page(um::PG_MMIO), true))
 }
 
 /// Probes at CPL 0 whether MOVDIR64B and MOVDIRI execute (to RAM); prints
@@ -981,7 +1063,7 @@ fn case_ud() -> Outcome {
             k,
             &Want {
                 what: "CPL 0 POPCNT on MMIO",
-                insn: "POPCNT",
+                insn: Insn::Popcnt,
                 rip: k_rip,
                 user: false,
                 fault: Some((6, 0, 0)),
@@ -991,7 +1073,7 @@ fn case_ud() -> Outcome {
             u,
             &Want {
                 what: "CPL 3 POPCNT on MMIO",
-                insn: "POPCNT",
+                insn: Insn::Popcnt,
                 rip: u_rip,
                 user: true,
                 fault: Some((6, 0, 0)),
@@ -1005,7 +1087,7 @@ fn case_ud() -> Outcome {
 type Case = (&'static str, fn() -> Outcome);
 
 /// The cases, in order.
-const CASES: [Case; 14] = [
+const CASES: [Case; 16] = [
     ("user_movdir64b", case_user_movdir64b),
     ("user_movdiri", case_user_movdiri),
     ("user_movdiri_split", case_user_movdiri_split),
@@ -1013,12 +1095,14 @@ const CASES: [Case; 14] = [
     ("user_movdir64b_pf_readonly", case_user_pf_readonly),
     ("user_movdir64b_pf_source", case_user_pf_source),
     ("user_movdiri_pf_readonly", case_user_movdiri_pf),
+    ("user_movdir64b_mmio_unclaimed", case_user_mmio),
     ("movdir64b_gp_misaligned", case_gp_misaligned),
     ("movdir64b_pf_source", case_k_pf_source),
     ("movdir64b_pf_absent", case_k_pf_absent),
     ("movdir64b_pf_write_protect", case_pf_wp),
     ("movdiri_split", case_k_movdiri_split),
     ("movdiri_pf_write_protect", case_k_movdiri_wp),
+    ("movdir64b_mmio_unclaimed", case_k_mmio),
     ("ud_unemulated", case_ud),
 ];
 
