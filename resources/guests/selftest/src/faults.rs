@@ -115,7 +115,9 @@ selftest_fault_catch:
 selftest_fault_resume:
     movq $0, selftest_fault_armed(%rip)
     movq selftest_fault_rsp(%rip), %rsp
+    /* an interrupt from CPL 3 left SS null and the IRETQ to CPL 3 DS/ES */
     movw $KERNEL_DS, %cx
+    movw %cx, %ss
     movw %cx, %ds
     movw %cx, %es
     popfq
