@@ -348,8 +348,8 @@ fn report(r: &mut Runner, dev: usize, area: &str, o: Outcome) {
     r.report(name, o);
 }
 
-/// Runs every DSA case.
-pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) {
+/// Runs every DSA case; returns the number of DSA devices found.
+pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) -> usize {
     let ecam = acpi
         .mcfg
         .as_ref()
@@ -436,7 +436,7 @@ pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) {
         for area in AREAS.iter() {
             report(r, 0, area, skip("no DSA device"));
         }
-        return;
+        return 0;
     }
     crate::apic::enable(crate::entry::SPURIOUS_VECTOR);
     let bsp = crate::apic::id();
@@ -464,6 +464,7 @@ pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) {
     }
     crate::cpu::cli();
     summary_table(&sums);
+    n
 }
 
 /// MOVDIR64B to RAM: the CPU (or the VMM's emulation) copies the 64 bytes,

@@ -9,9 +9,11 @@
 //! - `ap_tramp_start`..`ap_tramp_end`: 16-bit code copied to [`AP_TRAMPOLINE`]
 //!   and started by INIT/SIPI on the application processors.
 //!
-//! All of them load this guest's own GDT and identity-mapped page tables
-//! (0..4 GiB in 2 MiB pages, the 4th GiB uncached; PDPT slot 511 is a window
-//! for RAM above 4 GiB, see [`crate::phys`]), enable SSE (CR0.MP, CR4.OSFXSR,
+//! All of them load this guest's own GDT (kernel and user segments and a TSS
+//! slot, see [`crate::usermode`]) and identity-mapped page tables (0..4 GiB in
+//! 2 MiB pages, the 4th GiB uncached; PDPT slot 511 is a window for RAM above
+//! 4 GiB, see [`crate::phys`]; PML4 slot 1 holds the 4 KiB user-mode test
+//! pages of [`crate::usermode`]), enable SSE (CR0.MP, CR4.OSFXSR,
 //! CR4.OSXMMEXCPT) and only then call Rust: `rust_main(kind, arg)` on the BSP
 //! and `ap_main(index)` on the APs.
 
@@ -31,6 +33,14 @@ pub const BOOT_LINUX64: u32 = 1;
 pub const BOOT_PVH: u32 = 2;
 /// Kernel code selector (64-bit).
 pub const KERNEL_CS: u16 = 0x10;
+/// Kernel data selector.
+pub const KERNEL_DS: u16 = 0x18;
+/// User (CPL 3) data selector: GDT entry 4, RPL 3.
+pub const USER_DS: u16 = 0x23;
+/// User (CPL 3) 64-bit code selector: GDT entry 5, RPL 3.
+pub const USER_CS: u16 = 0x2b;
+/// Selector of the 64-bit TSS (GDT entries 6 and 7).
+pub const TSS_SEL: u16 = 0x30;
 /// Interrupt vector of the LAPIC timer.
 pub const TIMER_VECTOR: u8 = 0x40;
 /// Spurious interrupt vector.
@@ -74,7 +84,9 @@ global_asm!(
     .globl selftest_pml4
 selftest_pml4:
     .quad selftest_pdpt + 3
-    .fill 511, 8, 0
+    /* 512 GiB: the 4 KiB user-mode test pages (usermode.rs), U at every level */
+    .quad selftest_user_pdpt + 7
+    .fill 510, 8, 0
     .globl selftest_pdpt
 selftest_pdpt:
     .quad selftest_pd + 3
@@ -108,6 +120,11 @@ selftest_gdt:
     .quad 0x00cf9a000000ffff    /* 0x08: 32-bit code */
     .quad 0x00af9a000000ffff    /* 0x10: 64-bit code */
     .quad 0x00cf92000000ffff    /* 0x18: data */
+    .quad 0x00cff2000000ffff    /* 0x20: user data (DPL 3; selector 0x23) */
+    .quad 0x00affa000000ffff    /* 0x28: user 64-bit code (DPL 3; selector 0x2b) */
+    .globl selftest_gdt_tss
+selftest_gdt_tss:
+    .quad 0, 0                  /* 0x30: 64-bit TSS, written by usermode::init */
 selftest_gdt_end:
     .balign 8
     .word 0, 0, 0
@@ -343,6 +360,9 @@ selftest_exc_stubs:
 
 selftest_exc_common:
     /* frame: [vector, error, rip, cs, rflags, rsp, ss] */
+    /* inside faults::try_kernel/try_user: record it and resume there */
+    cmpq $0, selftest_fault_armed(%rip)
+    jne selftest_fault_catch
     movq %rsp, %rdi
     andq $-16, %rsp
     call selftest_exception
@@ -470,6 +490,8 @@ extern "C" {
     pub static selftest_irq_tsc: [core::sync::atomic::AtomicU64; IRQ_STUBS];
     /// DMA buffer memory ([`DMA_SIZE`] bytes, identity mapped, contents undefined at boot).
     pub static selftest_dma: u8;
+    /// The 16-byte TSS descriptor slot of the GDT (written by `usermode::init`).
+    pub static selftest_gdt_tss: u8;
     /// The page directory used as a window onto RAM above 4 GiB.
     pub static selftest_pd_window: u8;
     /// First byte of the loaded image.

@@ -1,7 +1,9 @@
 //! The interrupt descriptor table and the exception handler.
 //!
 //! Vectors 0..31 go to per-vector stubs that report the exception and power
-//! the VM off with a failure; the LAPIC timer and spurious vectors have their
+//! the VM off with a failure (unless a probe of `faults.rs` is running: then
+//! the exception is recorded and the probe resumes); vector 0xe0 is the DPL-3
+//! gate the user routines of `usermode.rs` return through; the LAPIC timer and spurious vectors have their
 //! own stubs (see `entry.rs`); vectors 0x50..0x9f go to counting stubs
 //! (device MSI-X completions and the AP wake IPI, see [`irq_count`]). Vectors 0x20..0x2f (a legacy PIC's usual range)
 //! go to the spurious stub, too, so a stray PIC interrupt is harmless.
@@ -28,9 +30,14 @@ unsafe impl Sync for Table {}
 static IDT: Table = Table(UnsafeCell::new([0; 512]));
 
 fn set_gate(vector: u8, handler: u64) {
+    set_gate_dpl(vector, handler, 0);
+}
+
+/// Sets an interrupt gate that code at CPL <= `dpl` may invoke with `int`.
+fn set_gate_dpl(vector: u8, handler: u64, dpl: u64) {
     let lo = (handler & 0xffff)
         | (u64::from(KERNEL_CS) << 16)
-        | (0x8e << 40)
+        | ((0x8e | (dpl & 3) << 5) << 40)
         | (((handler >> 16) & 0xffff) << 48);
     let hi = handler >> 32;
     let i = usize::from(vector) * 2;
@@ -65,6 +72,12 @@ pub fn init() {
     }
     // #UD: skips a MOVDIR64B the CPU lacks (see `entry.rs`), else reports.
     set_gate(6, core::ptr::addr_of!(crate::entry::selftest_ud_isr) as u64);
+    // The user routines of the fault cases return through a DPL-3 gate.
+    set_gate_dpl(
+        crate::usermode::USER_RETURN_VECTOR,
+        core::ptr::addr_of!(crate::faults::selftest_user_return_isr) as u64,
+        3,
+    );
     set_gate(TIMER_VECTOR, timer);
     set_gate(SPURIOUS_VECTOR, spurious);
     load();

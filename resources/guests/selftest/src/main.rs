@@ -25,6 +25,7 @@ mod dsa;
 mod dsatest;
 mod e820;
 mod entry;
+mod faults;
 mod fmt;
 mod idt;
 mod mem;
@@ -35,6 +36,7 @@ mod serial;
 mod smp;
 mod tests;
 mod time;
+mod usermode;
 
 use bootinfo::{BootInfo, BootKind};
 

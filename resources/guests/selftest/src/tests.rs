@@ -195,7 +195,8 @@ pub fn run_all(boot: &mut BootInfo, kernel: (u64, u64), start: u64) -> Runner {
     r.report("smp", case_smp(&ctx, &acpi));
     r.report("memory", case_memory(&ctx));
     r.report("timer_interrupt", case_timer());
-    crate::dsatest::run_all(&mut r, &acpi);
+    let dsa = crate::dsatest::run_all(&mut r, &acpi);
+    crate::faults::run_all(&mut r, dsa);
     r
 }
 
@@ -223,7 +224,14 @@ fn case_e820(ctx: &Ctx) -> Outcome {
             }
         });
     }
-    match e820::check(map, ctx.boot.mem_claimed, ctx.kernel, ctx.mem_mib) {
+    let b = ctx.boot;
+    let loaded = e820::Loaded {
+        kernel: ctx.kernel,
+        cmdline: (b.cmdline_state == CmdlineState::Ok)
+            .then_some((b.cmdline_addr, b.cmdline_len as u64 + 1)),
+        initrd: b.initrd,
+    };
+    match e820::check(map, b.mem_claimed, &loaded, ctx.mem_mib) {
         Ok(()) => Outcome::Ok,
         Err(l) => Outcome::Fail(l),
     }
