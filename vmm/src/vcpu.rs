@@ -262,15 +262,28 @@ impl Vcpu {
                 Ok(())
             }
             Err(fault) => {
-                self.stats
+                let before = self
+                    .stats
                     .injected_exceptions
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    "vCPU {}: {fault} for the instruction at RIP {:#x} (bytes {:02x?})",
-                    self.id,
-                    regs.rip,
-                    &insn[..n]
-                );
+                // The first one per vCPU is worth a user's attention (a guest that uses an
+                // instruction this KVM cannot emulate); the rest are the guest's business.
+                if before == 0 {
+                    tracing::warn!(
+                        "vCPU {}: {fault} delivered for the instruction at RIP {:#x} (bytes \
+                         {:02x?}); further ones are logged at debug level",
+                        self.id,
+                        regs.rip,
+                        &insn[..n]
+                    );
+                } else {
+                    tracing::debug!(
+                        "vCPU {}: {fault} for the instruction at RIP {:#x} (bytes {:02x?})",
+                        self.id,
+                        regs.rip,
+                        &insn[..n]
+                    );
+                }
                 self.inject(fault)
             }
         }
