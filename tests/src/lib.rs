@@ -31,6 +31,7 @@ pub mod idxd;
 pub mod parse;
 pub mod qemu;
 pub mod rig;
+pub mod selftest;
 pub mod skip;
 
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
@@ -39,6 +40,7 @@ pub use idxd::{Dmatest, IdxdReport, Step, StepStatus};
 pub use parse::{Layer, Line, RunOutcome};
 pub use qemu::{patched_qemu, PatchedQemu};
 pub use rig::{Mode, NestedVm, RigOutput, Run};
+pub use selftest::{host_movdir64b_expected, SelftestReport};
 pub use skip::{kvm_or_skip, report_note, report_skip};
 
 /// A rig failure: the layer that failed, what happened, and that layer's last output lines.

@@ -1,0 +1,377 @@
+//! The built-in self-test guest's report (`resources/guests/selftest/src/tests.rs` prints it): one
+//! line per case, `selftest: <name>: ok`, `selftest: <name>: FAIL <reason>` or `selftest: <name>:
+//! skipped <reason>`, `selftest: info <text>` lines, and the summary `selftest: N passed, F failed, K
+//! skipped`. The DSA cases (`dsatest.rs`) are `dsa<N>_<area>` per device, plus `movdir64b_ram`.
+//!
+//! `0 failed` alone proves little: on a CPU that raises #UD on MOVDIR64B the guest skips every DSA
+//! data case and still fails none. [`SelftestReport::check_data_path`] is what the tests apply
+//! wherever MOVDIR64B is expected to work.
+
+/// A case's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseStatus {
+    /// `ok`.
+    Ok,
+    /// `FAIL <reason>`.
+    Fail(String),
+    /// `skipped <reason>`.
+    Skipped(String),
+}
+
+/// One case line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    /// The case name (`e820`, `movdir64b_ram`, `dsa0_memmove`, ...).
+    pub name: String,
+    /// Its result.
+    pub status: CaseStatus,
+}
+
+/// The summary line's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Cases passed.
+    pub passed: u64,
+    /// Cases failed.
+    pub failed: u64,
+    /// Cases skipped.
+    pub skipped: u64,
+}
+
+/// The DSA areas a probed, enabled device runs only when descriptors can be submitted (MOVDIR64B
+/// executes or is emulated): every one must be printed for every device and be `ok`.
+pub const DATA_AREAS: [&str; 19] = [
+    "nop",
+    "drain",
+    "memmove",
+    "fill",
+    "compare",
+    "compare_pattern",
+    "delta",
+    "dualcast",
+    "crc",
+    "copy_crc",
+    "dif",
+    "cache_flush",
+    "batch",
+    "interrupt",
+    "drain_abort",
+    "errors",
+    "smp",
+    "reset_cycle",
+    "throughput",
+];
+
+/// The DSA areas that do not need a descriptor submission.
+const CONTROL_AREAS: [&str; 3] = ["probe", "enable", "disable"];
+
+/// Data cases that may be skipped for a reason unrelated to MOVDIR64B: (area, reason prefix).
+const ALLOWED_DATA_SKIPS: [(&str, &str); 1] = [("smp", "1 vCPU")];
+
+/// Everything the self-test guest printed, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelftestReport {
+    /// The case lines, in order.
+    pub cases: Vec<Case>,
+    /// The summary line, when printed.
+    pub summary: Option<Summary>,
+}
+
+fn parse_summary(s: &str) -> Option<Summary> {
+    let mut w = s.split_whitespace();
+    let passed = w.next()?.parse().ok()?;
+    (w.next()? == "passed,").then_some(())?;
+    let failed = w.next()?.parse().ok()?;
+    (w.next()? == "failed,").then_some(())?;
+    let skipped = w.next()?.parse().ok()?;
+    (w.next()? == "skipped").then_some(Summary {
+        passed,
+        failed,
+        skipped,
+    })
+}
+
+/// `dsa<N>_<area>` split into (N, area).
+fn dsa_case(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("dsa")?;
+    let (n, area) = rest.split_once('_')?;
+    Some((n.parse().ok()?, area))
+}
+
+impl SelftestReport {
+    /// Parse console lines (a line may carry other output before `selftest: `).
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> SelftestReport {
+        let mut r = SelftestReport::default();
+        for raw in lines {
+            let Some(pos) = raw.find("selftest: ") else {
+                continue;
+            };
+            let l = raw[pos + "selftest: ".len()..].trim_end();
+            if l.starts_with("info ") {
+                continue;
+            }
+            if let Some(s) = parse_summary(l) {
+                r.summary = Some(s);
+                continue;
+            }
+            let Some((name, result)) = l.split_once(": ") else {
+                continue;
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            let status = if result == "ok" {
+                CaseStatus::Ok
+            } else if let Some(why) = result.strip_prefix("FAIL") {
+                CaseStatus::Fail(why.trim().to_string())
+            } else if let Some(why) = result.strip_prefix("skipped") {
+                CaseStatus::Skipped(why.trim().to_string())
+            } else {
+                continue;
+            };
+            r.cases.push(Case {
+                name: name.to_string(),
+                status,
+            });
+        }
+        r
+    }
+
+    /// The case called `name`.
+    pub fn case(&self, name: &str) -> Option<&Case> {
+        self.cases.iter().find(|c| c.name == name)
+    }
+
+    /// The DSA data cases: `movdir64b_ram` and every `dsa<N>_<area>` but probe, enable, disable.
+    pub fn data_cases(&self) -> impl Iterator<Item = &Case> {
+        self.cases.iter().filter(|c| {
+            c.name == "movdir64b_ram"
+                || dsa_case(&c.name).is_some_and(|(_, a)| !CONTROL_AREAS.contains(&a))
+        })
+    }
+
+    /// The data cases that were skipped, as `name: reason`.
+    pub fn skipped_data_cases(&self) -> Vec<String> {
+        self.data_cases()
+            .filter_map(|c| match &c.status {
+                CaseStatus::Skipped(why) => Some(format!("{}: {why}", c.name)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The check for a place where MOVDIR64B is expected to work (executed by the CPU, or emulated
+    /// by dsavmm on an exit): exactly `devices` DSAs probed, each with every [`DATA_AREAS`] case
+    /// printed, `movdir64b_ram` printed, and every data case `ok` (`dsa<N>_smp` may be skipped with
+    /// `1 vCPU`). `Ok` carries the number of data cases that passed.
+    pub fn check_data_path(&self, devices: usize) -> Result<usize, String> {
+        let mut problems = Vec::new();
+        let probed: Vec<usize> = self
+            .cases
+            .iter()
+            .filter(|c| c.status == CaseStatus::Ok)
+            .filter_map(|c| {
+                dsa_case(&c.name)
+                    .filter(|(_, a)| *a == "probe")
+                    .map(|(n, _)| n)
+            })
+            .collect();
+        if probed.len() != devices {
+            problems.push(format!(
+                "{} DSA(s) probed ok ({probed:?}), expected {devices}",
+                probed.len()
+            ));
+        }
+        let mut want = vec!["movdir64b_ram".to_string()];
+        for n in 0..devices {
+            want.extend(DATA_AREAS.iter().map(|a| format!("dsa{n}_{a}")));
+        }
+        for name in want {
+            if self.case(&name).is_none() {
+                problems.push(format!("{name}: not printed"));
+            }
+        }
+        let mut ok = 0;
+        for c in self.data_cases() {
+            match &c.status {
+                CaseStatus::Ok => ok += 1,
+                CaseStatus::Fail(why) => problems.push(format!("{}: FAIL {why}", c.name)),
+                CaseStatus::Skipped(why) => {
+                    let allowed = dsa_case(&c.name).is_some_and(|(_, area)| {
+                        ALLOWED_DATA_SKIPS
+                            .iter()
+                            .any(|(a, prefix)| *a == area && why.starts_with(prefix))
+                    });
+                    if !allowed {
+                        problems.push(format!("{}: skipped {why}", c.name));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(ok)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// Whether a guest's MOVDIR64B is expected to work on this host's own `/dev/kvm`: `Ok(why)` or
+/// `Err(why not)`.
+///
+/// - No `vmx`/`svm` among the CPU flags: a software KVM such as this project's PVM, where every guest
+///   instruction goes through KVM's emulator; MOVDIR64B fails emulation and exits to dsavmm, which
+///   emulates it (`shared/notes/kvm-here.md`). Expected.
+/// - A hardware KVM on a CPU with `movdir64b`: the CPU executes it, a store to a portal exits as
+///   an emulation failure. Expected.
+/// - A hardware KVM on a CPU without it: the guest's MOVDIR64B may raise #UD (not verified on such a
+///   host), so the self-test guest's data cases may be skipped; the tests report it.
+pub fn host_movdir64b_expected() -> Result<&'static str, &'static str> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    movdir64b_expected_from(&cpuinfo)
+}
+
+fn movdir64b_expected_from(cpuinfo: &str) -> Result<&'static str, &'static str> {
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |f: &str| flags.contains(&f);
+    if !has("vmx") && !has("svm") {
+        Ok("software KVM without vmx/svm (this project's PVM): MOVDIR64B exits to dsavmm, which emulates it")
+    } else if has("movdir64b") {
+        Ok("hardware KVM on a CPU that executes MOVDIR64B")
+    } else {
+        Err("hardware KVM on a CPU without MOVDIR64B: the guest's MOVDIR64B may raise #UD")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A default run on this machine's PVM KVM (1 vCPU, one DSA), abridged from a real transcript.
+    fn good_run() -> Vec<String> {
+        let mut l: Vec<String> = [
+            "selftest: e820: ok",
+            "selftest: initrd: skipped no initrd",
+            "selftest: info pci bus0 functions=2 dsa=1 ecam=0xe0000000",
+            "selftest: dsa_pci: ok",
+            "selftest: movdir64b_ram: ok",
+            "selftest: dsa0_probe: ok",
+            "selftest: dsa0_enable: ok",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for a in DATA_AREAS {
+            if a == "smp" {
+                l.push("selftest: dsa0_smp: skipped 1 vCPU".into());
+            } else {
+                l.push(format!("selftest: dsa0_{a}: ok"));
+            }
+        }
+        l.push("selftest: dsa0_disable: ok".into());
+        l.push("selftest: 24 passed, 0 failed, 2 skipped".into());
+        l
+    }
+
+    fn parse(lines: &[String]) -> SelftestReport {
+        SelftestReport::parse(lines.iter().map(String::as_str))
+    }
+
+    #[test]
+    fn parses_cases_and_summary() {
+        let r = parse(&good_run());
+        assert_eq!(
+            r.summary,
+            Some(Summary {
+                passed: 24,
+                failed: 0,
+                skipped: 2
+            })
+        );
+        assert_eq!(
+            r.case("initrd").map(|c| &c.status),
+            Some(&CaseStatus::Skipped("no initrd".into()))
+        );
+        assert!(r
+            .case("info pci bus0 functions=2 dsa=1 ecam=0xe0000000")
+            .is_none());
+        assert_eq!(r.data_cases().count(), 1 + DATA_AREAS.len());
+        assert_eq!(r.check_data_path(1), Ok(DATA_AREAS.len()));
+        assert_eq!(r.skipped_data_cases(), vec!["dsa0_smp: 1 vCPU".to_string()]);
+    }
+
+    /// What the guest prints on a CPU that raises #UD on MOVDIR64B: 0 failed, data path skipped.
+    #[test]
+    fn all_data_skipped_with_zero_failed_is_rejected() {
+        let mut l: Vec<String> = vec![
+            "selftest: movdir64b_ram: skipped MOVDIR64B raised #UD (this CPU does not execute it; the handler skipped it)".into(),
+            "selftest: dsa0_probe: ok".into(),
+            "selftest: dsa0_enable: ok".into(),
+        ];
+        for a in DATA_AREAS {
+            l.push(format!(
+                "selftest: dsa0_{a}: skipped MOVDIR64B raises #UD on this CPU: data path not exercised"
+            ));
+        }
+        l.push("selftest: dsa0_disable: ok".into());
+        l.push("selftest: 3 passed, 0 failed, 20 skipped".into());
+        let r = parse(&l);
+        assert_eq!(r.summary.map(|s| s.failed), Some(0));
+        let err = r.check_data_path(1).unwrap_err();
+        assert!(
+            err.contains("movdir64b_ram: skipped MOVDIR64B raised #UD"),
+            "{err}"
+        );
+        assert!(
+            err.contains("dsa0_memmove: skipped MOVDIR64B raises #UD"),
+            "{err}"
+        );
+        assert_eq!(r.skipped_data_cases().len(), 1 + DATA_AREAS.len());
+    }
+
+    #[test]
+    fn missing_devices_cases_and_failures_are_rejected() {
+        let r = parse(&good_run());
+        let err = r.check_data_path(2).unwrap_err();
+        assert!(
+            err.contains("1 DSA(s) probed ok ([0]), expected 2"),
+            "{err}"
+        );
+        assert!(err.contains("dsa1_memmove: not printed"), "{err}");
+
+        let mut l = good_run();
+        l.retain(|s| !s.contains("dsa0_throughput"));
+        for s in l.iter_mut().filter(|s| s.contains("dsa0_fill")) {
+            *s = "selftest: dsa0_fill: FAIL byte 0x10 differs".into();
+        }
+        for s in l.iter_mut().filter(|s| s.contains("dsa0_crc:")) {
+            *s = "selftest: dsa0_crc: skipped opcode not advertised".into();
+        }
+        let err = parse(&l).check_data_path(1).unwrap_err();
+        assert!(err.contains("dsa0_throughput: not printed"), "{err}");
+        assert!(err.contains("dsa0_fill: FAIL byte 0x10 differs"), "{err}");
+        assert!(
+            err.contains("dsa0_crc: skipped opcode not advertised"),
+            "{err}"
+        );
+
+        // smp may be skipped only for the single-vCPU reason.
+        let mut l = good_run();
+        for s in l.iter_mut().filter(|s| s.contains("dsa0_smp")) {
+            *s = "selftest: dsa0_smp: skipped MOVDIR64B raises #UD on this CPU: data path not exercised".into();
+        }
+        assert!(parse(&l).check_data_path(1).is_err());
+    }
+
+    #[test]
+    fn movdir64b_expectation_by_host() {
+        let pvm = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 hypervisor\n";
+        assert!(movdir64b_expected_from(pvm).is_ok());
+        assert!(movdir64b_expected_from("flags : fpu svm movdir64b\n").is_ok());
+        assert!(movdir64b_expected_from("flags : fpu vmx\n").is_err());
+    }
+}
