@@ -38,6 +38,8 @@ pub struct Dmatest {
     pub iters: u64,
     /// The `polled` parameter as requested.
     pub polled: bool,
+    /// The `norandom` parameter (every transfer exactly `buf` bytes) as requested.
+    pub norandom: bool,
     /// Tests this thread ran.
     pub tests: u64,
     /// Failures this thread saw.
@@ -48,6 +50,18 @@ pub struct Dmatest {
     pub kb_per_s: u64,
     /// dmatest's own summary text (from the thread name on).
     pub summary: String,
+}
+
+/// The bytes one dmatest case copied (`IDXD-DMATEST-BYTES case=<c> passed=<n> bytes=<b>`): the guest
+/// runs dmatest with `verbose=1`, which logs every passed test with its length, and sums them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmatestBytes {
+    /// The guest's case name.
+    pub case: String,
+    /// Tests of the case (all threads) that logged `test passed`.
+    pub passed: u64,
+    /// The sum of their transfer lengths.
+    pub bytes: u64,
 }
 
 /// Everything the idxd guest printed, parsed.
@@ -63,6 +77,8 @@ pub struct IdxdReport {
     pub steps: Vec<Step>,
     /// Every dmatest thread summary, in order.
     pub dmatest: Vec<Dmatest>,
+    /// Every case's byte total, in order.
+    pub dmatest_bytes: Vec<DmatestBytes>,
     /// The kernel log lines the guest dumped (`IDXD-DMESG`).
     pub dmesg: Vec<String>,
     /// `accel-config list` output (`IDXD-LIST`).
@@ -148,6 +164,17 @@ impl IdxdReport {
                     uptime: value(rest, "uptime=").and_then(|v| v.parse().ok()),
                     text: m.to_string(),
                 });
+            } else if let Some(rest) = m.strip_prefix("IDXD-DMATEST-BYTES ") {
+                let num = |k: &str| value(rest, k).and_then(|v| v.parse::<u64>().ok());
+                if let (Some(case), Some(passed), Some(bytes)) =
+                    (value(rest, "case="), num("passed="), num("bytes="))
+                {
+                    r.dmatest_bytes.push(DmatestBytes {
+                        case: case.to_string(),
+                        passed,
+                        bytes,
+                    });
+                }
             } else if let Some(rest) = m.strip_prefix("IDXD-DMATEST ") {
                 let Some((params, summary)) = rest.split_once(" | ") else {
                     continue;
@@ -168,6 +195,7 @@ impl IdxdReport {
                     buf: num("buf=").unwrap_or(0),
                     iters: num("iters=").unwrap_or(0),
                     polled: num("polled=") == Some(1),
+                    norandom: num("norandom=") == Some(1),
                     tests,
                     failures,
                     iops,
@@ -223,6 +251,11 @@ impl IdxdReport {
         self.dmatest.iter().filter(|d| d.case == case).collect()
     }
 
+    /// The byte total of one case, when printed.
+    pub fn dmatest_bytes_of(&self, case: &str) -> Option<&DmatestBytes> {
+        self.dmatest_bytes.iter().find(|b| b.case == case)
+    }
+
     /// The dmatest case names, in the order they first appear among the steps.
     pub fn dmatest_cases(&self) -> Vec<&str> {
         self.steps
@@ -245,6 +278,8 @@ mod tests {
         "IDXD-LIST [",
         "IDXD-DMATEST case=t1-4k threads=1 buf=4096 iters=200 polled=0 norandom=0 | [    5.1] dmatest: \
          dma0chan0-copy0: summary 200 tests, 0 failures 512.33 iops 1024 KB/s (0)",
+        "IDXD-DMATEST-BYTES case=t1-4k passed=200 bytes=409600",
+        "IDXD-DMATEST-BYTES case=bad passed=x bytes=1",
         "IDXD-STEP dmatest:t1-4k OK uptime=6.00 threads=1",
         "IDXD-INFO irq  26:          0          2  PCI-MSIX-0000:00:01.0   0-edge      idxd-misc",
         "IDXD-INFO irq  27:        526          3  PCI-MSIX-0000:00:01.0   1-edge      idxd-portal",
@@ -266,7 +301,17 @@ mod tests {
         let d = &r.dmatest[0];
         assert_eq!((d.tests, d.failures, d.kb_per_s), (200, 0, 1024));
         assert_eq!((d.threads, d.buf, d.iters, d.polled), (1, 4096, 200, false));
+        assert!(!d.norandom);
         assert!(d.summary.starts_with("dma0chan0-copy0: summary"));
+        assert_eq!(
+            r.dmatest_bytes,
+            vec![DmatestBytes {
+                case: "t1-4k".into(),
+                passed: 200,
+                bytes: 409600
+            }]
+        );
+        assert_eq!(r.dmatest_bytes_of("t1-4k").map(|b| b.bytes), Some(409600));
         assert_eq!(r.dmatest_cases(), vec!["t1-4k"]);
         assert_eq!(r.list, vec!["[".to_string()]);
         assert_eq!(r.verdict, Some(false));

@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tests::{
-    dsavmm_binary, patched_qemu, IdxdGuest, IdxdReport, Layer, Mode, NestedVm, RigOutput, Run,
-    StepStatus, L2_CMDLINE,
+    dsavmm_binary, patched_qemu, report_skip, IdxdGuest, IdxdReport, Layer, Mode, NestedVm,
+    RigOutput, Run, StepStatus, L2_CMDLINE,
 };
 
 /// The dmatest cases of init-idxd.sh: (name, threads, buffer bytes, polled), in order.
@@ -346,19 +346,32 @@ fn accel_config_list_shows_the_state() {
 
 /// dmatest through the dedicated WQ: every case, every thread, `N tests, 0 failures` with N equal to
 /// the iterations asked for (N > 0); 2 MiB transfers (the WQ maximum) included.
+/// Whether dmatest ran. When it did not (no CPU that executes MOVDIR64B), `false` only with the
+/// explicit opt-out `DSAVMM_IDXD_ALLOW_NO_DATAPATH=1`, after a loud `SKIPPED: <test>` line; a panic
+/// saying "DATA PATH NOT EXERCISED" otherwise.
+fn datapath_ran(test: &str, shared: &Shared) -> bool {
+    let Err(why) = &shared.datapath else {
+        return true;
+    };
+    let msg = format!(
+        "DATA PATH NOT EXERCISED: dmatest was not run because {why}. The control path tests ran \
+         with --movdir64b on."
+    );
+    if std::env::var("DSAVMM_IDXD_ALLOW_NO_DATAPATH").as_deref() == Ok("1") {
+        report_skip(
+            test,
+            &format!("{msg} (allowed by DSAVMM_IDXD_ALLOW_NO_DATAPATH=1)"),
+        );
+        return false;
+    }
+    panic!("{msg} Set DSAVMM_IDXD_ALLOW_NO_DATAPATH=1 to accept that.");
+}
+
 #[test]
 fn dmatest_runs_with_zero_failures() {
     let shared = get();
-    if let Err(why) = &shared.datapath {
-        let msg = format!(
-            "DATA PATH NOT EXERCISED: dmatest was not run because {why}. The control path tests \
-             ran with --movdir64b on."
-        );
-        if std::env::var("DSAVMM_IDXD_ALLOW_NO_DATAPATH").as_deref() == Ok("1") {
-            eprintln!("{msg} (allowed by DSAVMM_IDXD_ALLOW_NO_DATAPATH=1)");
-            return;
-        }
-        panic!("{msg} Set DSAVMM_IDXD_ALLOW_NO_DATAPATH=1 to accept that.");
+    if !datapath_ran("dmatest_runs_with_zero_failures", shared) {
+        return;
     }
     if shared.out.mode != Mode::Direct {
         assert_eq!(
@@ -386,7 +399,7 @@ fn dmatest_runs_with_zero_failures() {
                 s.run,
                 sums.len()
             );
-            for d in sums {
+            for d in &sums {
                 eprintln!(
                     "run {}: dmatest {case} (threads={threads} buf={buf} polled={polled}): {}",
                     s.run, d.summary
@@ -399,6 +412,29 @@ fn dmatest_runs_with_zero_failures() {
                     d.summary
                 );
             }
+            // dmatest (verbose=1) logged each passed test with its length; the guest summed them.
+            let tests: u64 = sums.iter().map(|d| d.tests).sum();
+            let Some(b) = s.report.dmatest_bytes_of(case) else {
+                panic!("run {}: no IDXD-DMATEST-BYTES line for case {case}", s.run);
+            };
+            assert_eq!(
+                b.passed, tests,
+                "run {}: case {case}: {} tests logged `test passed`, dmatest's summaries count {tests}",
+                s.run, b.passed
+            );
+            if sums.iter().all(|d| d.norandom) {
+                assert_eq!(b.bytes, tests * buf, "run {}: case {case}: {b:?}", s.run);
+            } else {
+                assert!(
+                    b.bytes >= tests && b.bytes <= tests * buf,
+                    "run {}: case {case}: random lengths outside 1..={buf}: {b:?}",
+                    s.run
+                );
+            }
+            eprintln!(
+                "run {}: dmatest {case}: {tests} tests moved {} bytes",
+                s.run, b.bytes
+            );
         }
         // Completions arrive by interrupt on the WQ's MSI-X vector (several may share one).
         let total: u64 = s
@@ -477,12 +513,13 @@ fn disable_and_reenable_without_oops() {
 }
 
 /// The vDSA's own counters, read through the REST API after the guest halted, agree with what
-/// dmatest did: one MEMMOVE per dmatest test, all successful, with interrupts, and nothing dropped.
+/// dmatest did: one MEMMOVE per dmatest test, exactly the bytes dmatest's tests copied (the sum of
+/// the lengths dmatest logged, `IDXD-DMATEST-BYTES`), all successful, with interrupts, and nothing
+/// dropped. Without the data path this fails like [`dmatest_runs_with_zero_failures`] (same opt-out).
 #[test]
 fn vdsa_counters_through_the_api_match_dmatest() {
     let shared = get();
-    if shared.datapath.is_err() {
-        eprintln!("skipped: dmatest did not run (see dmatest_runs_with_zero_failures)");
+    if !datapath_ran("vdsa_counters_through_the_api_match_dmatest", shared) {
         return;
     }
     let counters = match api_counters(&shared.out) {
@@ -498,11 +535,32 @@ fn vdsa_counters_through_the_api_match_dmatest() {
     let report = &shared.reports[API_RUN];
     let tests: u64 = report.dmatest.iter().map(|d| d.tests).sum();
     assert!(tests > 0, "dmatest ran no test");
+    let cases = report.dmatest_cases();
+    let mut bytes = 0;
+    for case in &cases {
+        match report.dmatest_bytes_of(case) {
+            Some(b) => bytes += b.bytes,
+            None => panic!("API run: no IDXD-DMATEST-BYTES line for case {case}"),
+        }
+    }
+    let passed: u64 = report.dmatest_bytes.iter().map(|b| b.passed).sum();
+    assert_eq!(
+        passed, tests,
+        "API run: passed tests with a logged length vs dmatest's test count"
+    );
     let memmove = counters["by_opcode"]["memmove"].as_u64().unwrap_or(0);
-    eprintln!("API run: dmatest tests {tests}, vDSA counters {counters}");
+    eprintln!(
+        "API run: dmatest {tests} tests, {bytes} bytes in {} cases; vDSA counters {counters}",
+        cases.len()
+    );
     assert_eq!(
         memmove, tests,
         "vDSA MEMMOVE count vs dmatest tests: {counters}"
+    );
+    assert_eq!(
+        counters["bytes"].as_u64(),
+        Some(bytes),
+        "vDSA bytes vs the bytes dmatest's {tests} tests copied: {counters}"
     );
     let ok = counters["completion_status"]["0x01"].as_u64().unwrap_or(0);
     assert!(
@@ -511,10 +569,6 @@ fn vdsa_counters_through_the_api_match_dmatest() {
     );
     assert!(
         counters["completion_interrupts"].as_u64().unwrap_or(0) > 0,
-        "{counters}"
-    );
-    assert!(
-        counters["bytes"].as_u64().unwrap_or(0) >= tests,
         "{counters}"
     );
     for zero in [
