@@ -28,6 +28,7 @@
 pub mod env;
 pub mod guest;
 pub mod idxd;
+pub mod oops;
 pub mod parse;
 pub mod qemu;
 pub mod rig;
