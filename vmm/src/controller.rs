@@ -140,6 +140,14 @@ impl Controller {
 
     /// Called by the event loop: notices that the guest ended and halts the VM.
     pub fn poll(&mut self) {
+        // The console's interrupt is a level on an edge-triggered pin: re-raise one the guest
+        // never serviced (devices/src/legacy/serial.rs).
+        if let Some(vm) = &self.vm {
+            vm.serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .resample();
+        }
         if self.exit.is_set()
             && matches!(self.state, InstanceState::Running | InstanceState::Paused)
         {
