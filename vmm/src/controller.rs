@@ -141,8 +141,13 @@ impl Controller {
     /// Called by the event loop: notices that the guest ended and halts the VM.
     pub fn poll(&mut self) {
         // The console's interrupt is a level on an edge-triggered pin: re-raise one the guest
-        // never serviced (devices/src/legacy/serial.rs).
-        if let Some(vm) = &self.vm {
+        // never serviced (devices/src/legacy/serial.rs). Not while paused: the guest cannot
+        // service anything then.
+        if let Some(vm) = self
+            .vm
+            .as_ref()
+            .filter(|_| self.state == InstanceState::Running)
+        {
             vm.serial
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
