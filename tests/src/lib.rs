@@ -41,7 +41,7 @@ pub use idxd::{Dmatest, DmatestBytes, IdxdReport, Step, StepStatus};
 pub use parse::{Layer, Line, RunOutcome};
 pub use qemu::{patched_qemu, PatchedQemu};
 pub use rig::{Mode, NestedVm, RigOutput, Run};
-pub use selftest::{host_movdir64b_expected, SelftestReport};
+pub use selftest::{host_movdir64b_expected, host_user_mode_lacks_movdir64b, SelftestReport};
 pub use skip::{kvm_or_skip, report_note, report_skip};
 
 /// A rig failure: the layer that failed, what happened, and that layer's last output lines.

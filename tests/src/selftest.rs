@@ -216,6 +216,86 @@ impl SelftestReport {
     }
 }
 
+/// The supervisor-mode cases of the instruction-emulation suite (`faults.rs`): their instructions
+/// reach dsavmm as emulation failures wherever the guest runs under dsavmm with MOVDIR64B working
+/// (this PVM KVM emulates all of ring 0; in the rig, stores to MMIO and the POPCNT on MMIO do), so
+/// each must be `ok` there: dsavmm delivered the CPU's #GP/#PF/#UD or completed the store.
+pub const KERNEL_FAULT_CASES: [&str; 8] = [
+    "movdir64b_gp_misaligned",
+    "movdir64b_pf_source",
+    "movdir64b_pf_absent",
+    "movdir64b_pf_write_protect",
+    "movdiri_split",
+    "movdiri_pf_write_protect",
+    "movdir64b_mmio_unclaimed",
+    "ud_unemulated",
+];
+
+/// The user-mode (CPL 3) cases of the same suite.
+pub const USER_FAULT_CASES: [&str; 8] = [
+    "user_movdir64b",
+    "user_movdiri",
+    "user_movdiri_split",
+    "user_movdir64b_pf_supervisor",
+    "user_movdir64b_pf_readonly",
+    "user_movdir64b_pf_source",
+    "user_movdiri_pf_readonly",
+    "user_movdir64b_mmio_unclaimed",
+];
+
+/// The skip a user-mode case prints where guest user mode runs natively on a host CPU without the
+/// instruction (this project's PVM KVM on its AMD hosts): the CPU raises #UD, KVM answers it itself
+/// and dsavmm never sees the instruction.
+pub const USER_NATIVE_UD_SKIP: &str = "raises #UD at CPL 3 but executes at CPL 0";
+
+impl SelftestReport {
+    /// The check of the instruction-emulation cases where the guest runs under dsavmm with
+    /// MOVDIR64B working: every [`KERNEL_FAULT_CASES`] and [`USER_FAULT_CASES`] case printed and
+    /// `ok`, except that with `user_native_ud` a user-mode case may be skipped with exactly
+    /// [`USER_NATIVE_UD_SKIP`]. `Ok` carries the number of cases that passed.
+    pub fn check_fault_cases(&self, user_native_ud: bool) -> Result<usize, String> {
+        let mut problems = Vec::new();
+        let mut ok = 0;
+        for name in KERNEL_FAULT_CASES.iter().chain(&USER_FAULT_CASES) {
+            match self.case(name).map(|c| &c.status) {
+                None => problems.push(format!("{name}: not printed")),
+                Some(CaseStatus::Ok) => ok += 1,
+                Some(CaseStatus::Fail(why)) => problems.push(format!("{name}: FAIL {why}")),
+                Some(CaseStatus::Skipped(why)) => {
+                    let allowed = user_native_ud
+                        && USER_FAULT_CASES.contains(name)
+                        && why.contains(USER_NATIVE_UD_SKIP);
+                    if !allowed {
+                        problems.push(format!("{name}: skipped {why}"));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(ok)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// Whether this host's own `/dev/kvm` runs guest user mode natively on a CPU without MOVDIR64B,
+/// so that the self-test's CPL 3 MOVDIR64B/MOVDIRI cases see the host CPU's #UD and skip: a
+/// software KVM (no `vmx`/`svm`, this project's PVM) on a CPU without `movdir64b`.
+pub fn host_user_mode_lacks_movdir64b() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    user_mode_lacks_movdir64b_from(&cpuinfo)
+}
+
+fn user_mode_lacks_movdir64b_from(cpuinfo: &str) -> bool {
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    !flags.contains(&"vmx") && !flags.contains(&"svm") && !flags.contains(&"movdir64b")
+}
+
 /// Whether a guest's MOVDIR64B is expected to work on this host's own `/dev/kvm`: `Ok(why)` or
 /// `Err(why not)`.
 ///
@@ -302,6 +382,56 @@ mod tests {
         assert_eq!(r.data_cases().count(), 1 + DATA_AREAS.len());
         assert_eq!(r.check_data_path(1), Ok(DATA_AREAS.len()));
         assert_eq!(r.skipped_data_cases(), vec!["dsa0_smp: 1 vCPU".to_string()]);
+    }
+
+    fn fault_lines(user: &str) -> Vec<String> {
+        let mut l: Vec<String> = KERNEL_FAULT_CASES
+            .iter()
+            .map(|c| format!("selftest: {c}: ok"))
+            .collect();
+        l.extend(
+            USER_FAULT_CASES
+                .iter()
+                .map(|c| format!("selftest: {c}: {user}")),
+        );
+        l
+    }
+
+    #[test]
+    fn fault_cases_all_ok_pass_either_way() {
+        let r = parse(&fault_lines("ok"));
+        assert_eq!(r.check_fault_cases(false), Ok(16));
+        assert_eq!(r.check_fault_cases(true), Ok(16));
+    }
+
+    #[test]
+    fn user_fault_skips_only_for_the_native_ud_reason_and_only_where_allowed() {
+        let native = "skipped MOVDIR64B raises #UD at CPL 3 but executes at CPL 0 (KVM runs guest \
+                      user mode on a host CPU without it and injects #UD itself)";
+        let r = parse(&fault_lines(native));
+        assert_eq!(r.check_fault_cases(true), Ok(8));
+        assert!(r.check_fault_cases(false).is_err());
+        let r = parse(&fault_lines("skipped MOVDIR64B raises #UD on this CPU"));
+        assert!(r.check_fault_cases(true).is_err());
+        // A kernel case may never skip, and a missing case is a failure.
+        let mut l = fault_lines("ok");
+        l[0] = format!("selftest: {}: skipped whatever", KERNEL_FAULT_CASES[0]);
+        l.pop();
+        let e = parse(&l).check_fault_cases(true).unwrap_err();
+        assert!(
+            e.contains("skipped whatever") && e.contains("not printed"),
+            "{e}"
+        );
+        let mut l = fault_lines("ok");
+        l[3] = format!("selftest: {}: FAIL want #PF", KERNEL_FAULT_CASES[3]);
+        assert!(parse(&l).check_fault_cases(false).is_err());
+    }
+
+    #[test]
+    fn user_mode_native_ud_only_on_software_kvm_without_movdir64b() {
+        assert!(user_mode_lacks_movdir64b_from("flags\t: fpu smap smep"));
+        assert!(!user_mode_lacks_movdir64b_from("flags\t: fpu movdir64b"));
+        assert!(!user_mode_lacks_movdir64b_from("flags\t: fpu svm"));
     }
 
     /// What the guest prints on a CPU that raises #UD on MOVDIR64B: 0 failed, data path skipped.

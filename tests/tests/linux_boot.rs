@@ -221,13 +221,26 @@ fn check_selftest_data_path(out: &RigOutput, run: usize, args: &[&str], tail: &s
         },
     };
     match expected {
-        Ok(why) => match report.check_data_path(devices) {
-            Ok(n) => eprintln!("{args:?}: {n} DSA data cases ok ({why})"),
-            Err(e) => panic!(
-                "{args:?}: MOVDIR64B is expected to work here ({why}), so every DSA data case of \
-                 the {devices} DSA(s) must be ok: {e}\n{tail}"
-            ),
-        },
+        Ok(why) => {
+            match report.check_data_path(devices) {
+                Ok(n) => eprintln!("{args:?}: {n} DSA data cases ok ({why})"),
+                Err(e) => panic!(
+                    "{args:?}: MOVDIR64B is expected to work here ({why}), so every DSA data case \
+                     of the {devices} DSA(s) must be ok: {e}\n{tail}"
+                ),
+            }
+            // In L2 under the patched QEMU every instruction-emulation case must be ok: CPL 3
+            // MOVDIR64B/MOVDIRI execute in TCG (faults raised by TCG's MMU), stores to MMIO and the
+            // POPCNT on MMIO reach dsavmm through L1 KVM's emulator.
+            let native_ud = out.mode == Mode::Direct && tests::host_user_mode_lacks_movdir64b();
+            match report.check_fault_cases(native_ud) {
+                Ok(n) => eprintln!("{args:?}: {n} instruction-emulation cases ok"),
+                Err(e) => panic!(
+                    "{args:?}: the instruction-emulation cases must be ok under dsavmm ({why}): \
+                     {e}\n{tail}"
+                ),
+            }
+        }
         Err(why) => {
             let skipped = report.skipped_data_cases();
             report_note(
