@@ -49,8 +49,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn report(label: &str, mut lat: Vec<Duration>) {
     lat.sort();
+    // `bench: api_bench ...` lines; the README's Performance table quotes them verbatim.
     println!(
-        "{label:<48} n={:<6} median {:>8.1} us   p99 {:>8.1} us",
+        "bench: api_bench {label}: n={} median {:.1} us, p99 {:.1} us",
         lat.len(),
         percentile(&lat, 0.5).as_secs_f64() * 1e6,
         percentile(&lat, 0.99).as_secs_f64() * 1e6

@@ -38,12 +38,22 @@ fn noop_cost_per_descriptor() {
     d[4..8].copy_from_slice(&0x1cu32.to_le_bytes());
     d[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
     d[36] = 1;
+    // Five rounds on a shared machine: the best and the median of the rounds.
     let n = 1_000_000u64;
-    let t = Instant::now();
-    for i in 0..n {
-        dev.bar_write(2, 0x1000 + (i % 64) * 64, &d);
+    let mut rounds = Vec::new();
+    for r in 0..5 {
+        let t = Instant::now();
+        for i in 0..n {
+            dev.bar_write(2, 0x1000 + (i % 64) * 64, &d);
+        }
+        rounds.push(t.elapsed().as_nanos() as f64 / n as f64);
+        assert_eq!(dev.stats().descriptors, n * (r + 1));
     }
-    let ns = t.elapsed().as_nanos() as f64 / n as f64;
-    assert_eq!(dev.stats().descriptors, n);
-    println!("front end + NOOP (with 32-byte completion record write): {ns:.0} ns per descriptor");
+    rounds.sort_by(f64::total_cmp);
+    let (ns, median) = (rounds[0], rounds[2]);
+    // The README's Performance table quotes this line verbatim.
+    println!(
+        "bench: portal_cost: {ns:.0} ns per descriptor, best of 5 rounds of {n} (median {median:.0} \
+         ns): front end + NOOP with 32-byte completion record write"
+    );
 }

@@ -435,6 +435,30 @@ fn dmatest_runs_with_zero_failures() {
                 "run {}: dmatest {case}: {tests} tests moved {} bytes",
                 s.run, b.bytes
             );
+            // The README's Performance table quotes these lines verbatim.
+            let range = |v: Vec<f64>| {
+                let (lo, hi) = (
+                    v.iter().copied().fold(f64::INFINITY, f64::min),
+                    v.iter().copied().fold(0.0, f64::max),
+                );
+                if threads > 1 {
+                    format!("{lo:.0}-{hi:.0}")
+                } else {
+                    format!("{hi:.0}")
+                }
+            };
+            let (vcpus, dsa) = RUNS.get(s.run).copied().unwrap_or((0, "?"));
+            println!(
+                "bench: linux_idxd run {} ({vcpus} vCPU(s), --dsa {dsa}): dmatest {case} ({threads} \
+                 thread(s), {}{buf} B{}): {} KB/s{}, {} iops, {tests} tests, {} failures",
+                s.run,
+                if sums.iter().all(|d| d.norandom) { "" } else { "random up to " },
+                if polled { ", polled" } else { "" },
+                range(sums.iter().map(|d| d.kb_per_s as f64).collect()),
+                if threads > 1 { " per thread" } else { "" },
+                range(sums.iter().map(|d| d.iops).collect()),
+                sums.iter().map(|d| d.failures).sum::<u64>(),
+            );
         }
         // Completions arrive by interrupt on the WQ's MSI-X vector (several may share one).
         let total: u64 = s

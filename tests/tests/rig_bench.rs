@@ -3,7 +3,8 @@
 //! medians of "VMM start to L2 /init marker" and "VMM start to VMM exit", plus QEMU start to L1 ready.
 //!
 //! `DSAVMM_RIG_BENCH_ROUNDS=N` (default 3) sets the rounds;
-//! `cargo test -p tests --test rig_bench -- --ignored --nocapture`.
+//! `cargo test -p tests --test rig_bench -- --ignored --nocapture`. The `bench: rig_bench: ...` line
+//! sums up the run; the README's Performance table quotes it verbatim.
 
 use std::time::Duration;
 
@@ -84,14 +85,33 @@ fn dsavmm_vs_qemu_in_l1() -> Result<(), tests::RigError> {
         "dsavmm                  | {:?} ({} ok) | {:?}",
         median(d_init.clone()),
         d_init.len(),
-        median(d_total)
+        median(d_total.clone())
     );
     eprintln!(
         "QEMU -accel kvm in L1   | {:?} ({} ok) | {:?}",
         median(q_init.clone()),
         q_init.len(),
-        median(q_total)
+        median(q_total.clone())
     );
     eprintln!("transcript: {:?}", out.log);
+    let secs =
+        |d: Option<Duration>| d.map_or("?".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let (d_med, q_med) = (median(d_init.clone()), median(q_init.clone()));
+    let ratio = d_med.zip(q_med).map_or("?".to_string(), |(d, q)| {
+        format!("{:.1}x", q.as_secs_f64() / d.as_secs_f64())
+    });
+    println!(
+        "bench: rig_bench: {rounds} rounds alternating in one L1 boot, medians: QEMU (TCG) start to L1 \
+         /init {}, to /dev/kvm ready {}; VMM start to L2 /init dsavmm {} ({} ok), QEMU -accel kvm {} \
+         ({} ok) ({ratio}); to exit {} vs {}",
+        secs(out.l1_init),
+        secs(out.l1_ready),
+        secs(d_med),
+        d_init.len(),
+        secs(q_med),
+        q_init.len(),
+        secs(median(d_total)),
+        secs(median(q_total)),
+    );
     Ok(())
 }

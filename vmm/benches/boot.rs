@@ -4,7 +4,8 @@
 //! their ratios, each VMM's peak RSS, and dsavmm's own peak RSS minus the guest RAM it touched.
 //!
 //! `cargo bench -p vmm --bench boot` (`DSAVMM_BENCH_ROUNDS=N`, default 10). Without QEMU
-//! (rig.sh fetch failed) only dsavmm's figures are printed.
+//! (rig.sh fetch failed) only dsavmm's figures are printed. The last line, `bench: boot: ...`, sums
+//! up the run; the README's Performance table quotes it verbatim.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -183,32 +184,50 @@ fn main() {
     let d_first = median(d.iter().map(|s| s.first_line).collect());
     let d_exit = median(d.iter().map(|s| s.exit).collect());
     let d_rss = median(d.iter().map(|s| s.max_rss_kib).collect());
+    let d_overhead = if overhead.is_empty() {
+        0
+    } else {
+        median(overhead)
+    };
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!("boot of the self-test guest, {rounds} rounds interleaved, medians:");
     println!(
         "  dsavmm: first serial line {:8.2} ms, exit {:8.2} ms, peak RSS {d_rss} KiB, \
-         VMM overhead (peak RSS - guest RAM touched) {} KiB",
+         VMM overhead (peak RSS - guest RAM touched) {d_overhead} KiB",
         ms(d_first),
         ms(d_exit),
-        if overhead.is_empty() {
-            0
-        } else {
-            median(overhead)
-        }
     );
-    if !q.is_empty() {
-        let q_first = median(q.iter().map(|s| s.first_line).collect());
-        let q_exit = median(q.iter().map(|s| s.exit).collect());
-        let q_rss = median(q.iter().map(|s| s.max_rss_kib).collect());
+    if q.is_empty() {
         println!(
-            "  qemu:   first serial line {:8.2} ms, exit {:8.2} ms, peak RSS {q_rss} KiB",
-            ms(q_first),
-            ms(q_exit)
+            "bench: boot: {rounds} rounds, medians: dsavmm first serial line {:.1} ms, exit {:.0} ms, \
+             peak RSS {:.1} MiB, peak RSS minus guest RAM touched {:.1} MiB (QEMU not available)",
+            ms(d_first),
+            ms(d_exit),
+            mib(d_rss),
+            mib(d_overhead)
         );
-        println!(
-            "  ratio qemu/dsavmm: first line {:.1}x, exit {:.1}x, peak RSS {:.1}x",
-            ms(q_first) / ms(d_first),
-            ms(q_exit) / ms(d_exit),
-            q_rss as f64 / d_rss as f64
-        );
+        return;
     }
+    let q_first = median(q.iter().map(|s| s.first_line).collect());
+    let q_exit = median(q.iter().map(|s| s.exit).collect());
+    let q_rss = median(q.iter().map(|s| s.max_rss_kib).collect());
+    println!(
+        "  qemu:   first serial line {:8.2} ms, exit {:8.2} ms, peak RSS {q_rss} KiB",
+        ms(q_first),
+        ms(q_exit)
+    );
+    println!(
+        "bench: boot: {rounds} rounds interleaved, medians, dsavmm vs QEMU: first serial line {:.1} ms \
+         vs {:.1} ms ({:.1}x), exit {:.0} ms vs {:.0} ms ({:.1}x), peak RSS {:.1} MiB vs {:.1} MiB; \
+         dsavmm peak RSS minus guest RAM touched {:.1} MiB",
+        ms(d_first),
+        ms(q_first),
+        ms(q_first) / ms(d_first),
+        ms(d_exit),
+        ms(q_exit),
+        ms(q_exit) / ms(d_exit),
+        mib(d_rss),
+        mib(q_rss),
+        mib(d_overhead)
+    );
 }
