@@ -91,7 +91,7 @@ else
 fi
 
 WQ=dsa0/wq0.0
-# 3. Configuration (shared/dsa/REFERENCE.md 12.2): one group, one engine, one dedicated kernel WQ,
+# 3. Configuration (docs/dsa-device-model.md §12.2): one group, one engine, one dedicated kernel WQ,
 #    priority >= 1, driver name dmaengine, a non-empty name.
 configure() {
     accel-config config-engine dsa0/engine0.0 --group-id=0 &&

@@ -1,12 +1,12 @@
 //! A small idxd-like driver for the Intel DSA (PCI 8086:0b25), doing through
 //! PCI configuration space, BAR0 MMIO and MOVDIR64B what Linux 6.12 `idxd`
-//! and accel-config 3.5.3 do (REFERENCE.md sections 4.5-4.8, 8, 12.2):
+//! and accel-config 3.5.3 do (docs/dsa-device-model.md §4.5-§4.8, §8, §12.2):
 //! enumeration and BAR (re)placement, MSI-X, probe reset, capabilities,
 //! group/engine/WQ configuration, enable and teardown commands, and
 //! descriptor submission through the WQ portals with polled or interrupt
 //! completion.
 //!
-//! Section numbers in comments refer to /work/shared/dsa/REFERENCE.md.
+//! Section numbers (§N) in comments refer to docs/dsa-device-model.md.
 
 use crate::cpu::{cli, pause, sti};
 use crate::fmt::Line;

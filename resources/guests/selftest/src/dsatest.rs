@@ -2,7 +2,7 @@
 //! each one up the way Linux 6.12 idxd + accel-config do ([`crate::dsa`]),
 //! then run every operation the device advertises with the data checked in
 //! the guest against independent reference code (bitwise CRC-32C, bitwise
-//! T10-DIF CRC16, delta records per REFERENCE.md 6.3), completions polled
+//! T10-DIF CRC16, delta records per docs/dsa-device-model.md §6.3), completions polled
 //! and by interrupt, a batch, drains and aborts, error descriptors, several
 //! vCPUs at once, a disable/reset/re-enable cycle and MEMMOVE throughput.
 //!
@@ -20,7 +20,7 @@ use crate::pci::PciCfg;
 use crate::tests::{info, Outcome, Runner};
 use crate::time::tsc_hz;
 
-// Opcodes (REFERENCE.md 6.3).
+// Opcodes (docs/dsa-device-model.md §6.3).
 const OP_NOP: u8 = 0x00;
 const OP_BATCH: u8 = 0x01;
 const OP_DRAIN: u8 = 0x02;
@@ -132,7 +132,7 @@ fn pattern(a: u64, len: u64, seed: u64) {
 // ---- reference algorithms (independent of the device) ----
 
 /// CRC-32C (Castagnoli, reflected 0x82F63B78), bitwise, continued from `seed`
-/// (0 for a fresh CRC): REFERENCE.md 6.3.
+/// (0 for a fresh CRC): docs/dsa-device-model.md §6.3.
 fn crc32c(seed: u32, a: u64, len: u64) -> u32 {
     let mut c = !seed;
     for i in 0..len {
@@ -980,7 +980,7 @@ fn case_delta(d: &mut Dsa) -> Outcome {
                 .s(" (want 1, 30)");
             return Err(l);
         }
-        // Expected record (REFERENCE.md 6.3): u16 offset in qwords, then 8 bytes of source 2.
+        // Expected record (docs/dsa-device-model.md §6.3): u16 offset in qwords, then 8 bytes of source 2.
         for (k, &w) in CHANGED.iter().enumerate() {
             let e = at(DELTA) + 10 * k as u64;
             let off = u16::from(rd8(e)) | (u16::from(rd8(e + 1)) << 8);
@@ -1032,7 +1032,7 @@ fn case_dualcast(d: &mut Dsa) -> Outcome {
         pattern(at(A), 512, 99);
         fill_q(at(C), 512, 0);
         fill_q(at(D), 512, 0);
-        // Destinations share bits 11:0 (REFERENCE.md 6.3).
+        // Destinations share bits 11:0 (docs/dsa-device-model.md §6.3).
         let c = d.run(
             wq_for(d, 6),
             &Desc::new(OP_DUALCAST, POLL, cr(12))
@@ -1092,7 +1092,7 @@ fn case_crc(d: &mut Dsa) -> Outcome {
                 .hex(u64::from(want));
             return Err(l);
         }
-        // Continued: seed = CRC of the first 100 bytes (REFERENCE.md 6.3).
+        // Continued: seed = CRC of the first 100 bytes (docs/dsa-device-model.md §6.3).
         let part = crc32c(0, at(A), 100);
         let c = d.run(
             w,
@@ -1478,7 +1478,7 @@ fn case_drain_abort(d: &mut Dsa) -> Outcome {
 fn case_errors(d: &mut Dsa) -> Outcome {
     to_outcome((|| {
         let w = wq_for(d, 1);
-        // Bad source: page fault 0x03 with the fault address (or 0x20/0x22, REFERENCE.md 10.2).
+        // Bad source: page fault 0x03 with the fault address (or 0x20/0x22, docs/dsa-device-model.md §10.2 and §13).
         let c = d.run(
             w,
             &Desc::new(OP_MEMMOVE, POLL, cr(70))
