@@ -437,7 +437,7 @@ impl Controller {
         let Some(vm) = &self.vm else {
             return out;
         };
-        let vcpu_counters: [(&str, &str, VcpuCounter); 4] = [
+        let vcpu_counters: [(&str, &str, VcpuCounter); 5] = [
             ("dsavmm_vcpu_pio_exits_total", "port I/O exits", |s| {
                 &s.pio_exits
             }),
