@@ -50,12 +50,19 @@ echo "RIG-L1-CPU movdir64b=$movdir"
 echo "RIG-L1-READY uptime=$(up)"
 
 exec 3>&1
+# Copies standard input to standard output a whole line at a time, each prefixed with $1 (a last
+# line without a newline is still copied).
+relay() { while IFS= read -r l || [ -n "$l" ]; do printf '%s%s\n' "$1" "$l"; done; }
 i=0
 if [ -f /rig/runs ]; then
     while IFS= read -r line <&9; do
         [ -n "$line" ] || continue
         echo "RIG-DSAVMM-START $i uptime=$(up)"
-        { eval "$line" </dev/null 2>&1 1>&3 3>&-; echo $? >/tmp/rc; } | while IFS= read -r l; do echo "RIG-E: $l"; done
+        # Both streams go to the console as whole lines (one write each), so dsavmm's log
+        # (stderr, tagged) never lands in the middle of a guest console line (stdout) that
+        # dsavmm is still writing byte by byte.
+        { { eval "$line" </dev/null 2>&1 1>&4 4>&- 3>&-; echo $? >/tmp/rc; } \
+            | relay "RIG-E: " 1>&3; } 4>&1 | relay ""
         rc=$(cat /tmp/rc)
         printf '\nRIG-DSAVMM-EXIT=%s i=%s uptime=%s\n' "$rc" "$i" "$(up)"
         kmsg
