@@ -1,8 +1,9 @@
 //! CPUID policy: what each vCPU sees, derived from `KVM_GET_SUPPORTED_CPUID`.
 //!
 //! Per vCPU: the APIC ID in leaves 1, 0xB and 0x1F, the hypervisor bit, a flat topology (one
-//! thread per core, all cores in one package), and MOVDIR64B/MOVDIRI forced on when requested —
-//! the Linux idxd driver refuses to load without MOVDIR64B (docs/dsa-device-model.md §0, trap 3).
+//! thread per core, all cores in one package), VMX/SVM and LAM hidden, and MOVDIR64B/MOVDIRI forced
+//! on when requested — the Linux idxd driver refuses to load without MOVDIR64B
+//! (docs/dsa-device-model.md §0, trap 3).
 
 use kvm_bindings::CpuId;
 
@@ -12,6 +13,12 @@ pub const LEAF7_ECX_MOVDIRI: u32 = 1 << 27;
 pub const LEAF7_ECX_MOVDIR64B: u32 = 1 << 28;
 /// Leaf 1 ECX bit: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX bit: VMX (hidden: no nested virtualisation).
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX bit: SVM (hidden: no nested virtualisation).
+const LEAF_8000_0001_ECX_SVM: u32 = 1 << 2;
+/// Leaf 7.1 EAX bit: linear address masking (hidden: not modelled).
+const LEAF7_1_EAX_LAM: u32 = 1 << 26;
 /// Leaf 1 EDX bit: HTT (logical processor count in EBX[23:16] is valid).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 
@@ -40,7 +47,7 @@ pub fn apply_policy(cpuid: &mut CpuId, p: &CpuidParams) {
                 e.ebx = (e.ebx & 0x0000_ffff)
                     | (u32::from(p.apic_id) << 24)
                     | (u32::from(p.vcpus) << 16);
-                e.ecx |= LEAF1_ECX_HYPERVISOR;
+                e.ecx = (e.ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_VMX;
                 e.edx |= LEAF1_EDX_HTT;
             }
             4 => {
@@ -50,6 +57,11 @@ pub fn apply_policy(cpuid: &mut CpuId, p: &CpuidParams) {
             7 if e.index == 0 && p.force_movdir64b => {
                 e.ecx |= LEAF7_ECX_MOVDIR64B | LEAF7_ECX_MOVDIRI;
             }
+            // LAM is not modelled by the VMM's page walk (tagged pointers would get #GP there).
+            7 if e.index == 1 => e.eax &= !LEAF7_1_EAX_LAM,
+            // No nested virtualisation: an L2 guest's emulation failure would reach dsavmm with
+            // L2's registers, which it must not emulate against L1's memory.
+            0x8000_0001 => e.ecx &= !LEAF_8000_0001_ECX_SVM,
             0xb | 0x1f => {
                 e.edx = u32::from(p.apic_id);
                 match e.index {
@@ -77,14 +89,31 @@ pub fn apply_policy(cpuid: &mut CpuId, p: &CpuidParams) {
     }
 }
 
-/// MAXPHYADDR that `cpuid` reports (leaf 0x8000_0008 EAX[7:0]); 36 when the leaf is absent, as
-/// the SDM specifies.
-pub fn max_phys_bits(cpuid: &CpuId) -> u8 {
-    cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0x8000_0008)
-        .map_or(36, |e| (e.eax & 0xff) as u8)
+/// What the guest's CPUID says about paging, for the VMM's own page walk (the MOVDIR64B path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagingFeatures {
+    /// MAXPHYADDR (leaf 0x8000_0008 EAX[7:0]; 36 when the leaf is absent, as the SDM specifies).
+    pub max_phys_bits: u8,
+    /// 1 GiB pages (leaf 0x8000_0001 EDX[26]).
+    pub gbpages: bool,
+    /// Byte offset of PKRU in the standard-format XSAVE image (leaf 0xD subleaf 9 EBX), when the
+    /// CPU has the PKRU state component.
+    pub pkru_xsave_offset: Option<u32>,
+}
+
+/// The paging facts of `cpuid` (the set given to the guest).
+pub fn paging_features(cpuid: &CpuId) -> PagingFeatures {
+    let leaf = |function: u32, index: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+    };
+    PagingFeatures {
+        max_phys_bits: leaf(0x8000_0008, 0).map_or(36, |e| (e.eax & 0xff) as u8),
+        gbpages: leaf(0x8000_0001, 0).is_some_and(|e| e.edx & (1 << 26) != 0),
+        pkru_xsave_offset: leaf(0xd, 9).filter(|e| e.eax != 0).map(|e| e.ebx),
+    }
 }
 
 /// Whether leaf 7.0 of `cpuid` advertises MOVDIR64B.
@@ -153,6 +182,76 @@ mod tests {
             },
         );
         assert!(!has_movdir64b(&c));
+    }
+
+    #[test]
+    fn nested_virtualisation_and_lam_are_hidden() {
+        let entries = [
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: LEAF1_ECX_VMX | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 1,
+                eax: LEAF7_1_EAX_LAM | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                ecx: LEAF_8000_0001_ECX_SVM | 1,
+                edx: 1 << 26,
+                ..Default::default()
+            },
+        ];
+        let mut c = CpuId::from_entries(&entries).unwrap();
+        apply_policy(
+            &mut c,
+            &CpuidParams {
+                apic_id: 0,
+                vcpus: 1,
+                force_movdir64b: false,
+            },
+        );
+        let s = c.as_slice();
+        assert_eq!(s[0].ecx & (LEAF1_ECX_VMX | 1), 1);
+        assert_eq!(s[1].eax, 1);
+        assert_eq!(s[2].ecx, 1);
+        let f = paging_features(&c);
+        assert!(f.gbpages);
+        assert_eq!(
+            f.max_phys_bits, 36,
+            "no leaf 0x8000_0008: the SDM's default"
+        );
+        assert_eq!(f.pkru_xsave_offset, None);
+    }
+
+    #[test]
+    fn paging_features_from_leaves() {
+        let entries = [
+            kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                eax: 0x3030,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xd,
+                index: 9,
+                eax: 8,
+                ebx: 2440,
+                ..Default::default()
+            },
+        ];
+        let f = paging_features(&CpuId::from_entries(&entries).unwrap());
+        assert_eq!(
+            f,
+            PagingFeatures {
+                max_phys_bits: 48,
+                gbpages: false,
+                pkru_xsave_offset: Some(2440)
+            }
+        );
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //! bytes; this module turns one into either a completed store or a [`Fault`] to inject. It is pure
 //! over guest RAM and the MMIO bus, so it is tested without KVM.
 //!
-//! Order of checks (the SDM leaves it to the implementation; this is QEMU's and the rig's): the
-//! MOVDIR64B alignment, then the canonical form of source and destination, then the source is
-//! translated and read in full, then the destination is translated; nothing is stored unless
-//! every check passed. A MOVDIRI that crosses a page is translated on both pages before either
-//! part is written. Only 64-bit mode is emulated; in any other mode the instruction gets #UD.
+//! Order of checks (the SDM leaves it to the implementation): the MOVDIR64B alignment (#AC for a
+//! misaligned MOVDIRI where alignment checking is on), then the canonical form of every byte of
+//! source and destination, then the source and the destination are translated, and only then is
+//! the source read (a device read may have side effects, so it is not repeated when the
+//! destination faults) and the destination written. A MOVDIRI that crosses a page is translated
+//! on both pages before either part is written. Only 64-bit mode is emulated; in any other mode
+//! the instruction gets #UD.
 
+use arch::cpuid::PagingFeatures;
 use devices::bus::Bus;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -23,6 +26,8 @@ use crate::insn::{self, DecodeError, DirectStore, MemOperand, Segment, MAX_INSN_
 use crate::pagewalk::{self, Access, PageFault, PagingState};
 
 const EFER_LMA: u64 = 1 << 10;
+const CR0_AM: u64 = 1 << 18;
+const RFLAGS_AC: u64 = 1 << 18;
 const PAGE: u64 = 0x1000;
 
 /// An exception to deliver to the guest instead of completing the instruction.
@@ -37,6 +42,8 @@ pub enum Fault {
     Ss,
     /// #PF (page fault): a translation failed; CR2 = `addr`.
     Pf(PageFault),
+    /// #AC(0) (alignment check): a misaligned MOVDIRI at CPL 3 with CR0.AM and RFLAGS.AC.
+    Ac,
 }
 
 impl Fault {
@@ -47,6 +54,7 @@ impl Fault {
             Fault::Ss => 12,
             Fault::Gp => 13,
             Fault::Pf(_) => 14,
+            Fault::Ac => 17,
         }
     }
 
@@ -54,7 +62,7 @@ impl Fault {
     pub fn error_code(self) -> Option<u32> {
         match self {
             Fault::Ud => None,
-            Fault::Gp | Fault::Ss => Some(0),
+            Fault::Gp | Fault::Ss | Fault::Ac => Some(0),
             Fault::Pf(pf) => Some(pf.error_code),
         }
     }
@@ -67,6 +75,7 @@ impl std::fmt::Display for Fault {
             Fault::Gp => write!(f, "#GP(0)"),
             Fault::Ss => write!(f, "#SS(0)"),
             Fault::Pf(pf) => write!(f, "#PF({:#x}) at {:#x}", pf.error_code, pf.addr),
+            Fault::Ac => write!(f, "#AC(0)"),
         }
     }
 }
@@ -77,8 +86,8 @@ pub struct CpuState<'a> {
     pub regs: &'a kvm_regs,
     /// Segment and control registers.
     pub sregs: &'a kvm_sregs,
-    /// MAXPHYADDR of the guest's CPUID.
-    pub max_phys_bits: u8,
+    /// What the guest's CPUID says about paging.
+    pub features: PagingFeatures,
 }
 
 impl CpuState<'_> {
@@ -96,7 +105,8 @@ impl CpuState<'_> {
             efer: self.sregs.efer,
             rflags: self.regs.rflags,
             cpl: self.sregs.ss.dpl & 3,
-            max_phys_bits: self.max_phys_bits,
+            max_phys_bits: self.features.max_phys_bits,
+            gbpages: self.features.gbpages,
         }
     }
 }
@@ -129,10 +139,16 @@ impl PhysMemory<'_> {
         {
             return;
         }
-        for (i, chunk) in out.chunks_mut(8).enumerate() {
-            if !self.mmio.read(gpa + 8 * i as u64, chunk) {
-                chunk.fill(0xff);
+        // Naturally aligned pieces of at most 8 bytes, the accesses a device register file takes.
+        let mut done = 0;
+        while done < out.len() {
+            let addr = gpa + done as u64;
+            let len = ((8 - (addr & 7)) as usize).min(out.len() - done);
+            let piece = &mut out[done..done + len];
+            if !self.mmio.read(addr, piece) {
+                piece.fill(0xff);
             }
+            done += len;
         }
     }
 
@@ -160,20 +176,8 @@ pub fn emulate(
     let paging = cpu.paging();
     let rip = cpu.regs.rip;
     let decoded = match insn::decode(bytes) {
-        Err(DecodeError::Truncated) => {
-            let mut buf = [0u8; MAX_INSN_LEN];
-            let (n, fetch_fault) = fetch(mem, &paging, rip, &mut buf, pkru);
-            match insn::decode(&buf[..n]) {
-                Err(DecodeError::Truncated) => return Err(fetch_fault.map_or(Fault::Ud, Fault::Pf)),
-                other => other,
-            }
-        }
-        other => other,
-    };
-    let decoded = match decoded {
-        Ok(d) => d,
-        Err(DecodeError::TooLong) => return Err(Fault::Gp),
-        Err(_) => return Err(Fault::Ud),
+        Err(DecodeError::Truncated) => decode_fetched(mem, &paging, rip, pkru)?,
+        other => other.map_err(decode_fault)?,
     };
     let next_rip = rip.wrapping_add(decoded.len as u64);
     let mut unclaimed = false;
@@ -195,15 +199,17 @@ pub fn emulate(
             if !paging.is_canonical(dst) {
                 return Err(Fault::Gp);
             }
+            let src_fault = non_canonical_fault(&src);
+            let src_pages =
+                translate_range(mem, &paging, src_va, 64, Access::Read, src_fault, pkru)?;
+            let dst_gpa = pagewalk::translate(mem.ram, &paging, dst, Access::Write, pkru)
+                .map_err(Fault::Pf)?;
             let mut payload = [0u8; 64];
-            let pages = translate_range(mem, &paging, src_va, 64, Access::Read, pkru)?;
             let mut off = 0;
-            for (gpa, len) in pages.iter().flatten() {
+            for (gpa, len) in src_pages.iter().flatten() {
                 mem.read(*gpa, &mut payload[off..off + len]);
                 off += len;
             }
-            let dst_gpa = pagewalk::translate(mem.ram, &paging, dst, Access::Write, pkru)
-                .map_err(Fault::Pf)?;
             unclaimed |= !mem.write(dst_gpa, &payload);
             64
         }
@@ -211,7 +217,15 @@ pub fn emulate(
             let size = usize::from(size);
             let value = reg(cpu.regs, src_reg).to_le_bytes();
             let va = linear(cpu, &dst, next_rip)?;
-            let pages = translate_range(mem, &paging, va, size, Access::Write, pkru)?;
+            if !va.is_multiple_of(size as u64)
+                && paging.cpl == 3
+                && paging.cr0 & CR0_AM != 0
+                && paging.rflags & RFLAGS_AC != 0
+            {
+                return Err(Fault::Ac);
+            }
+            let fault = non_canonical_fault(&dst);
+            let pages = translate_range(mem, &paging, va, size, Access::Write, fault, pkru)?;
             let mut off = 0;
             for (gpa, len) in pages.iter().flatten() {
                 unclaimed |= !mem.write(*gpa, &value[off..off + len]);
@@ -227,48 +241,73 @@ pub fn emulate(
     })
 }
 
-/// Translates `[va, va + len)` (len <= 4096) for `access`: one or two (GPA, length) pieces.
+/// Translates `[va, va + len)` (len <= 4096) for `access`: one or two (GPA, length) pieces. A
+/// range whose last byte is not canonical raises `non_canonical` before any walk.
 fn translate_range(
     mem: &PhysMemory,
     paging: &PagingState,
     va: u64,
     len: usize,
     access: Access,
+    non_canonical: Fault,
     pkru: &mut dyn FnMut() -> u32,
 ) -> Result<[Option<(u64, usize)>; 2], Fault> {
+    if !paging.is_canonical(va.wrapping_add(len as u64 - 1)) {
+        return Err(non_canonical);
+    }
     let first = ((PAGE - (va & (PAGE - 1))) as usize).min(len);
     let gpa = pagewalk::translate(mem.ram, paging, va, access, pkru).map_err(Fault::Pf)?;
     if first == len {
         return Ok([Some((gpa, len)), None]);
     }
     let next_va = va.wrapping_add(first as u64);
-    if !paging.is_canonical(next_va) {
-        return Err(Fault::Gp);
-    }
     let next = pagewalk::translate(mem.ram, paging, next_va, access, pkru).map_err(Fault::Pf)?;
     Ok([Some((gpa, first)), Some((next, len - first))])
 }
 
-/// Fetches up to `out.len()` instruction bytes at `rip`, page by page: how many were read, and
-/// the fault that stopped the fetch early, if one did.
-fn fetch(
+/// The fault a non-canonical address raises through operand `m`'s segment.
+fn non_canonical_fault(m: &MemOperand) -> Fault {
+    if m.uses_stack_segment() {
+        Fault::Ss
+    } else {
+        Fault::Gp
+    }
+}
+
+/// What the guest gets for bytes the decoder refused.
+fn decode_fault(e: DecodeError) -> Fault {
+    match e {
+        DecodeError::TooLong => Fault::Gp,
+        DecodeError::Truncated | DecodeError::Unsupported => Fault::Ud,
+    }
+}
+
+/// Decodes the instruction at `rip` from guest memory, fetching through the page tables one page
+/// at a time and only as far as the decoder needs (at most 15 bytes): a fetch fault or a
+/// non-canonical byte is raised only if the instruction reaches it.
+fn decode_fetched(
     mem: &PhysMemory,
     paging: &PagingState,
     rip: u64,
-    out: &mut [u8],
     pkru: &mut dyn FnMut() -> u32,
-) -> (usize, Option<PageFault>) {
-    let mut done = 0;
-    while done < out.len() {
-        let va = rip.wrapping_add(done as u64);
-        let chunk = ((PAGE - (va & (PAGE - 1))) as usize).min(out.len() - done);
-        match pagewalk::translate(mem.ram, paging, va, Access::Fetch, pkru) {
-            Ok(gpa) => mem.read(gpa, &mut out[done..done + chunk]),
-            Err(pf) => return (done, Some(pf)),
+) -> Result<insn::Decoded, Fault> {
+    let mut buf = [0u8; MAX_INSN_LEN];
+    let mut n = 0;
+    loop {
+        let va = rip.wrapping_add(n as u64);
+        if !paging.is_canonical(va) {
+            return Err(Fault::Gp);
         }
-        done += chunk;
+        let chunk = ((PAGE - (va & (PAGE - 1))) as usize).min(MAX_INSN_LEN - n);
+        let gpa =
+            pagewalk::translate(mem.ram, paging, va, Access::Fetch, pkru).map_err(Fault::Pf)?;
+        mem.read(gpa, &mut buf[n..n + chunk]);
+        n += chunk;
+        match insn::decode(&buf[..n]) {
+            Err(DecodeError::Truncated) if n < MAX_INSN_LEN => {}
+            other => return other.map_err(decode_fault),
+        }
     }
-    (done, None)
 }
 
 /// The linear address of a memory operand, or the fault a non-canonical one raises.
@@ -293,10 +332,8 @@ fn linear(cpu: &CpuState, m: &MemOperand, next_rip: u64) -> Result<u64, Fault> {
     };
     if cpu.paging().is_canonical(a) {
         Ok(a)
-    } else if m.uses_stack_segment() {
-        Err(Fault::Ss)
     } else {
-        Err(Fault::Gp)
+        Err(non_canonical_fault(m))
     }
 }
 

@@ -136,13 +136,23 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     }
 }
 
+/// The REX byte directly before the byte at `pos - 1` (the opcode's first byte), or 0.
+fn last_rex(bytes: &[u8], pos: usize) -> u8 {
+    match pos.checked_sub(2).and_then(|i| bytes.get(i)) {
+        Some(&b) if (0x40..=0x4f).contains(&b) => b,
+        _ => 0,
+    }
+}
+
 fn decode_bytes(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let mut c = Cursor { bytes, pos: 0 };
-    let (mut opsize, mut addr32, mut segment, mut rex) = (false, false, None, 0u8);
+    let (mut opsize, mut addr32, mut segment) = (false, false, None);
     let mut b = c.next()?;
-    // Legacy prefixes, then at most one REX immediately before the opcode.
+    // Legacy prefixes and REX. Only a REX directly before the opcode counts: one followed by a
+    // legacy prefix is ignored (SDM vol. 2A 2.2.1), and a later REX replaces an earlier one.
     loop {
         match b {
+            0x40..=0x4f => {} // counted below only if directly before the opcode
             0x66 => opsize = true,
             0x67 => addr32 = true,
             0x26 => segment = Some(Segment::Es),
@@ -157,10 +167,8 @@ fn decode_bytes(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }
         b = c.next()?;
     }
-    if (0x40..=0x4f).contains(&b) {
-        rex = b;
-        b = c.next()?;
-    }
+    // The loop ended on a byte that is neither a prefix nor a REX: REX, if any, came just before.
+    let rex = last_rex(bytes, c.pos);
     if b != 0x0f || c.next()? != 0x38 {
         return Err(DecodeError::Unsupported);
     }
@@ -355,11 +363,23 @@ mod tests {
     }
 
     #[test]
-    fn lock_rep_misplaced_rex_and_66_movdiri_are_unsupported() {
+    fn a_rex_before_a_legacy_prefix_is_ignored_and_the_last_rex_counts() {
+        // 4c 66 0f 38 f8 02: REX.WR then 66: the REX is ignored, the destination is RAX.
+        let d = decode(&[0x4c, 0x66, 0x0f, 0x38, 0xf8, 0x02]).unwrap();
+        assert!(matches!(d.op, DirectStore::Movdir64b { dst_reg: 0, .. }));
+        // 66 41 44 0f 38 f8 02: two REX bytes, the last (REX.R) counts: destination R8, base RDX.
+        let d = decode(&[0x66, 0x41, 0x44, 0x0f, 0x38, 0xf8, 0x02]).unwrap();
+        let DirectStore::Movdir64b { dst_reg, src, .. } = d.op else {
+            panic!()
+        };
+        assert_eq!((dst_reg, src.base), (8, Some(2)));
+    }
+
+    #[test]
+    fn lock_rep_66_movdiri_register_and_vex_are_unsupported() {
         for bytes in [
             &[0xf0, 0x66, 0x0f, 0x38, 0xf8, 0x02][..], // LOCK
             &[0xf2, 0x0f, 0x38, 0xf8, 0x02],           // ENQCMD
-            &[0x48, 0x66, 0x0f, 0x38, 0xf8, 0x02],     // REX before a legacy prefix
             &[0x66, 0x0f, 0x38, 0xf9, 0x02],           // 66 MOVDIRI
             &[0x0f, 0x38, 0xf9, 0xc2],                 // MOVDIRI to a register
             &[0xc4, 0xe2, 0x79, 0xf8, 0x02],           // VEX

@@ -6,14 +6,16 @@
 //! Honoured: 4- and 5-level paging (CR4.LA57), 1 GiB and 2 MiB pages, present, R/W with CR0.WP,
 //! U/S against the access's privilege, NX with EFER.NXE, SMAP (CR4.SMAP with RFLAGS.AC) and SMEP
 //! (CR4.SMEP), protection keys (CR4.PKE, PKRU supplied by the caller on demand), reserved bits
-//! (physical-address bits above MAXPHYADDR, PS in PML5E/PML4E, the reserved low bits of large
-//! pages, XD without NXE). On success the accessed bit is set in every entry used and the dirty bit
-//! in the leaf for a write, with atomic OR as the MMU does (another vCPU may be editing the
-//! tables). A table that lies outside guest RAM reads as all ones (what an unbacked bus returns),
-//! which is a reserved-bit fault, never a VMM error.
+//! (physical-address bits above MAXPHYADDR, PS in PML5E/PML4E, PS in a PDPTE without 1 GiB pages
+//! in CPUID, the reserved low bits of large pages, XD without NXE). On success the accessed bit is
+//! set in every entry used and the dirty bit in the leaf for a write, each by a compare-and-swap
+//! against the value the walk read, as the MMU's locked update does: if another vCPU changed an
+//! entry in between, the walk starts again (bounded). A table that lies outside guest RAM reads as
+//! all ones (what an unbacked bus returns), which is a reserved-bit fault, never a VMM error.
 //!
 //! Not modelled: legacy 32-bit and PAE paging (the caller only walks in IA-32e mode), CET shadow
-//! stack pages (dsavmm does not advertise CET), HLAT, LAM.
+//! stack pages (a plain store to one already faults as R/W=0), HLAT, LAM (hidden in CPUID), AMD's
+//! reserved bit 8 of non-leaf PML4Es.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -79,6 +81,9 @@ pub struct PagingState {
     pub cpl: u8,
     /// MAXPHYADDR the guest's CPUID reports (leaf 0x8000_0008 EAX[7:0]).
     pub max_phys_bits: u8,
+    /// 1 GiB pages in the guest's CPUID (leaf 0x8000_0001 EDX[26]); without them PS in a PDPTE is
+    /// reserved.
+    pub gbpages: bool,
 }
 
 impl PagingState {
@@ -110,6 +115,11 @@ pub struct PageFault {
     pub error_code: u32,
 }
 
+/// How often a walk starts again when another vCPU changed an entry under it, before the
+/// accessed/dirty update falls back to a plain atomic OR (a guest rewriting its tables in a loop
+/// must not hold the vCPU here).
+const MAX_WALK_RETRIES: usize = 8;
+
 /// Translates linear address `va` for `access` under `state`, setting accessed/dirty bits on
 /// success. `pkru` is asked for the PKRU register only when a protection-key check needs it.
 pub fn translate(
@@ -122,11 +132,73 @@ pub fn translate(
     if state.cr0 & CR0_PG == 0 {
         return Ok(va);
     }
+    let mut attempt = 0;
+    loop {
+        let walk = walk(mem, state, va, access, pkru)?;
+        if walk.update_accessed_dirty(mem, access, attempt >= MAX_WALK_RETRIES) {
+            return Ok(walk.gpa);
+        }
+        attempt += 1;
+    }
+}
+
+/// A successful walk: the entries it used (address and the value read) and the result.
+struct Walk {
+    used: [(u64, u64); 5],
+    n_used: usize,
+    gpa: u64,
+}
+
+impl Walk {
+    /// Sets A in every entry used and D in the leaf for a write, each only if the entry still
+    /// holds what the walk read; false if one changed (the walk must be redone). With `force`,
+    /// ORs the bits in whatever the entries hold and never fails.
+    fn update_accessed_dirty(&self, mem: &GuestMemoryMmap, access: Access, force: bool) -> bool {
+        for (i, &(gpa, old)) in self.used[..self.n_used].iter().enumerate() {
+            let leaf_write = i + 1 == self.n_used && access == Access::Write;
+            let bits = if leaf_write {
+                ACCESSED | DIRTY
+            } else {
+                ACCESSED
+            };
+            if old & bits == bits {
+                continue;
+            }
+            let Ok(slice) = mem.get_slice(GuestAddress(gpa), 8) else {
+                continue;
+            };
+            let Ok(entry) = slice.get_atomic_ref::<AtomicU64>(0) else {
+                continue;
+            };
+            if force {
+                entry.fetch_or(bits, Ordering::AcqRel);
+            } else if entry
+                .compare_exchange(old, old | bits, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One walk of the tables with every check; no entry is modified.
+fn walk(
+    mem: &GuestMemoryMmap,
+    state: &PagingState,
+    va: u64,
+    access: Access,
+    pkru: &mut dyn FnMut() -> u32,
+) -> Result<Walk, PageFault> {
     let user_access = state.cpl == 3;
+    let nxe = state.efer & EFER_NXE != 0;
     let mut code = match access {
         Access::Read => 0,
         Access::Write => PF_WRITE,
-        Access::Fetch => PF_FETCH,
+        // I/D is reported only where fetches can fault for being fetches (SDM 4.7).
+        Access::Fetch if nxe || state.cr4 & CR4_SMEP != 0 => PF_FETCH,
+        Access::Fetch => 0,
     };
     if user_access {
         code |= PF_USER;
@@ -135,12 +207,10 @@ pub fn translate(
         addr: va,
         error_code: code | extra,
     };
-    let nxe = state.efer & EFER_NXE != 0;
     let phys_reserved = state.phys_reserved();
     let top_shift: u32 = if state.la57() { 48 } else { 39 };
 
-    // Entries used, for the accessed/dirty update once the access is known not to fault.
-    let mut used = [0u64; 5];
+    let mut used = [(0u64, 0u64); 5];
     let mut n_used = 0;
     let (mut writable, mut user, mut no_exec) = (true, true, false);
     let mut table = state.cr3 & FRAME_MASK & !phys_reserved;
@@ -159,7 +229,9 @@ pub fn translate(
         match shift {
             // PML5E / PML4E: PS is reserved.
             48 | 39 => reserved |= entry & PAGE_SIZE,
-            // A 1 GiB page: bits 29:13 are reserved (bit 12 is PAT).
+            // PDPTE: PS is reserved without 1 GiB pages; in a 1 GiB page bits 29:13 are (bit 12
+            // is PAT).
+            30 if large && !state.gbpages => reserved |= PAGE_SIZE,
             30 if large => reserved |= entry & 0x3fff_e000,
             // A 2 MiB page: bits 20:13 are reserved.
             21 if large => reserved |= entry & 0x001f_e000,
@@ -168,8 +240,10 @@ pub fn translate(
         if reserved != 0 {
             return Err(fault(PF_PRESENT | PF_RSVD));
         }
-        used[n_used] = entry_gpa;
-        n_used += 1;
+        if let Some(slot) = used.get_mut(n_used) {
+            *slot = (entry_gpa, entry);
+            n_used += 1;
+        }
         writable &= entry & WRITABLE != 0;
         user &= entry & USER != 0;
         no_exec |= nxe && entry & XD != 0;
@@ -180,30 +254,22 @@ pub fn translate(
         shift -= 9;
     };
 
-    // Permissions of the whole walk (SDM 4.6).
-    let protection = PF_PRESENT;
+    // Permissions of the whole walk (SDM 4.6). A protection-key violation is reported (PK) with
+    // any other protection violation of the same access, as the MMU reports it.
+    let mut violation = false;
+    let mut pk = 0;
     match access {
         Access::Fetch => {
-            if no_exec || (user_access && !user) {
-                return Err(fault(protection));
-            }
-            if !user_access && user && state.cr4 & CR4_SMEP != 0 {
-                return Err(fault(protection));
-            }
+            violation |= no_exec || (user_access && !user);
+            violation |= !user_access && user && state.cr4 & CR4_SMEP != 0;
         }
         Access::Read | Access::Write => {
             let write = access == Access::Write;
             if user_access {
-                if !user || (write && !writable) {
-                    return Err(fault(protection));
-                }
+                violation |= !user || (write && !writable);
             } else {
-                if user && state.cr4 & CR4_SMAP != 0 && state.rflags & RFLAGS_AC == 0 {
-                    return Err(fault(protection));
-                }
-                if write && !writable && state.cr0 & CR0_WP != 0 {
-                    return Err(fault(protection));
-                }
+                violation |= user && state.cr4 & CR4_SMAP != 0 && state.rflags & RFLAGS_AC == 0;
+                violation |= write && !writable && state.cr0 & CR0_WP != 0;
             }
             if user && state.cr4 & CR4_PKE != 0 {
                 let key = (leaf >> 59) & 0xf;
@@ -213,43 +279,26 @@ pub fn translate(
                 if access_disabled
                     || (write && write_disabled && (user_access || state.cr0 & CR0_WP != 0))
                 {
-                    return Err(fault(protection | PF_PK));
+                    pk = PF_PK;
                 }
             }
         }
     }
-
-    for (i, &gpa) in used[..n_used].iter().enumerate() {
-        let leaf_write = i + 1 == n_used && access == Access::Write;
-        set_bits(
-            mem,
-            gpa,
-            if leaf_write {
-                ACCESSED | DIRTY
-            } else {
-                ACCESSED
-            },
-        );
+    if violation || pk != 0 {
+        return Err(fault(PF_PRESENT | pk));
     }
     let page_mask = (1u64 << leaf_shift) - 1;
-    Ok((leaf & FRAME_MASK & !phys_reserved & !page_mask) | (va & page_mask))
+    Ok(Walk {
+        used,
+        n_used,
+        gpa: (leaf & FRAME_MASK & !phys_reserved & !page_mask) | (va & page_mask),
+    })
 }
 
 /// Reads a paging-structure entry; one outside guest RAM reads as all ones.
 fn read_entry(mem: &GuestMemoryMmap, gpa: u64) -> u64 {
     mem.load::<u64>(GuestAddress(gpa), Ordering::Acquire)
         .unwrap_or(u64::MAX)
-}
-
-/// ORs `bits` into the entry at `gpa` atomically, as the MMU's locked update does.
-fn set_bits(mem: &GuestMemoryMmap, gpa: u64, bits: u64) {
-    if let Ok(slice) = mem.get_slice(GuestAddress(gpa), 8) {
-        if let Ok(entry) = slice.get_atomic_ref::<AtomicU64>(0) {
-            if entry.load(Ordering::Relaxed) & bits != bits {
-                entry.fetch_or(bits, Ordering::AcqRel);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

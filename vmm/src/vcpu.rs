@@ -8,13 +8,22 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use devices::bus::Bus;
 use devices::legacy::{ExitReason, ExitSignal};
-use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    KVM_RUN_X86_GUEST_MODE, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_VCPUEVENT_VALID_PAYLOAD,
+};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::direct_store::{self, CpuState, Fault, PhysMemory};
 
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_RF: u64 = 1 << 16;
+const DB_VECTOR: u8 = 1;
+const PF_VECTOR: u8 = 14;
+/// DR6.BS: the #DB was a single step.
+const DR6_BS: u64 = 1 << 14;
 const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES: u64 = 1;
 
 /// Counters of one vCPU's exits, readable by the API.
@@ -105,8 +114,12 @@ pub struct Vcpu {
     pub pause: Arc<PauseGate>,
     /// Exit counters.
     pub stats: Arc<VcpuStats>,
-    /// MAXPHYADDR of the guest's CPUID (reserved-bit checks of the page walk).
-    pub max_phys_bits: u8,
+    /// What the guest's CPUID says about paging (for the page walk of the emulation path).
+    pub features: arch::cpuid::PagingFeatures,
+    /// KVM_CAP_EXCEPTION_PAYLOAD is enabled: exceptions are queued as pending, with payload.
+    pub exception_payload: bool,
+    /// A #UD was logged at warn level already.
+    pub warned_ud: bool,
 }
 
 /// What to do after an exit, decided while the exit data is borrowed.
@@ -217,9 +230,12 @@ impl Vcpu {
 
     /// Handles `KVM_EXIT_INTERNAL_ERROR`. An emulation failure is the guest's instruction: it is
     /// emulated (MOVDIR64B/MOVDIRI) or gets the exception the CPU would raise, and the VM runs on.
-    /// Only a failure of KVM or of dsavmm itself (another suberror, an ioctl error) stops the VM.
+    /// Only a failure of KVM or of dsavmm itself (another suberror, an ioctl error) stops the VM,
+    /// and so does one dsavmm cannot attribute to an instruction of this guest (no instruction
+    /// bytes: task switch or invalid state emulation; or a nested guest's instruction).
     fn handle_internal_error(&mut self) -> Result<(), String> {
         let run = self.fd.get_kvm_run();
+        let guest_mode = u32::from(run.flags) & KVM_RUN_X86_GUEST_MODE != 0;
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled the `internal` /
         // `emulation_failure` member of the union; both are plain integers.
         let fail = unsafe { run.__bindgen_anon_1.emulation_failure };
@@ -227,27 +243,40 @@ impl Vcpu {
         if suberror != KVM_INTERNAL_ERROR_EMULATION {
             return Err(format!("KVM internal error, suberror {suberror}"));
         }
-        let mut insn = [0u8; 15];
-        let mut n = 0;
-        if fail.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES != 0 {
-            // SAFETY: the instruction-bytes flag says this union member is valid.
-            let raw = unsafe { fail.__bindgen_anon_1.__bindgen_anon_1 };
-            n = usize::from(raw.insn_size).min(raw.insn_bytes.len());
-            insn[..n].copy_from_slice(&raw.insn_bytes[..n]);
+        if fail.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES == 0 {
+            return Err(
+                "KVM emulation failure without instruction bytes (not an instruction \
+                        dsavmm can act on)"
+                    .to_string(),
+            );
         }
+        // SAFETY: the instruction-bytes flag says this union member is valid.
+        let raw = unsafe { fail.__bindgen_anon_1.__bindgen_anon_1 };
+        let n = usize::from(raw.insn_size).min(raw.insn_bytes.len());
+        let mut insn = [0u8; 15];
+        insn[..n].copy_from_slice(&raw.insn_bytes[..n]);
         let sync = self.fd.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
+        if guest_mode {
+            // A nested guest's instruction: its registers and page tables are not this guest's
+            // (dsavmm hides VMX/SVM, so only a guest that enabled them anyway gets here).
+            return Err(format!(
+                "emulation failure in a nested guest at RIP {:#x}: not emulated",
+                regs.rip
+            ));
+        }
         let cpu = CpuState {
             regs: &regs,
             sregs: &sregs,
-            max_phys_bits: self.max_phys_bits,
+            features: self.features,
         };
         let mem = PhysMemory {
             ram: &self.mem,
             mmio: &self.mmio,
         };
-        let fd = &self.fd;
-        let mut pkru = || read_pkru(fd);
+        let (fd, offset) = (&self.fd, self.features.pkru_xsave_offset);
+        let mut cached_pkru = None;
+        let mut pkru = || *cached_pkru.get_or_insert_with(|| read_pkru(fd, offset));
         match direct_store::emulate(&insn[..n], &cpu, &mem, &mut pkru) {
             Ok(done) => {
                 self.stats.direct_stores.fetch_add(1, Ordering::Relaxed);
@@ -257,21 +286,19 @@ impl Vcpu {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("direct store at RIP {:#x} to an unbacked address", regs.rip);
                 }
-                self.fd.sync_regs_mut().regs.rip = done.next_rip;
-                self.fd.set_sync_dirty_reg(SyncReg::Register);
-                Ok(())
+                self.complete(done.next_rip, regs.rflags)
             }
             Err(fault) => {
-                let before = self
-                    .stats
+                self.stats
                     .injected_exceptions
                     .fetch_add(1, Ordering::Relaxed);
-                // The first one per vCPU is worth a user's attention (a guest that uses an
-                // instruction this KVM cannot emulate); the rest are the guest's business.
-                if before == 0 {
+                // The first #UD per vCPU is worth a user's attention (a guest that uses an
+                // instruction this KVM cannot emulate); faults are the guest's business.
+                if fault == Fault::Ud && !self.warned_ud {
+                    self.warned_ud = true;
                     tracing::warn!(
-                        "vCPU {}: {fault} delivered for the instruction at RIP {:#x} (bytes \
-                         {:02x?}); further ones are logged at debug level",
+                        "vCPU {}: #UD delivered for an instruction KVM could not emulate, at RIP \
+                         {:#x} (bytes {:02x?}); further ones are logged at debug level",
                         self.id,
                         regs.rip,
                         &insn[..n]
@@ -289,14 +316,53 @@ impl Vcpu {
         }
     }
 
-    /// Delivers `fault` at the current RIP (not advanced), as the CPU would: CR2 first for #PF,
-    /// then the exception through KVM_SET_VCPU_EVENTS.
+    /// Retires an emulated instruction as the CPU does: RIP advanced, RFLAGS.RF cleared, and with
+    /// RFLAGS.TF the single-step #DB trap (DR6.BS) delivered after it.
+    fn complete(&mut self, next_rip: u64, rflags: u64) -> Result<(), String> {
+        if rflags & RFLAGS_TF == 0 {
+            let regs = &mut self.fd.sync_regs_mut().regs;
+            regs.rip = next_rip;
+            regs.rflags &= !RFLAGS_RF;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            return Ok(());
+        }
+        // Setting registers drops a pending exception, so they are set (by ioctl, not through
+        // the sync area that KVM_RUN would apply after) before the #DB is queued.
+        let mut regs = self.fd.sync_regs().regs;
+        regs.rip = next_rip;
+        regs.rflags &= !RFLAGS_RF;
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        self.queue_exception(DB_VECTOR, None, Some(DR6_BS))
+    }
+
+    /// Delivers `fault` at the current RIP (not advanced), as the CPU would.
     fn inject(&mut self, fault: Fault) -> Result<(), String> {
+        let payload = match fault {
+            Fault::Pf(pf) => Some(pf.addr),
+            _ => None,
+        };
+        self.queue_exception(fault.vector(), fault.error_code(), payload)
+    }
+
+    /// Queues exception `vector` through KVM_SET_VCPU_EVENTS. `payload` is CR2 for #PF and the
+    /// DR6 bits for #DB. With KVM_CAP_EXCEPTION_PAYLOAD the exception is queued as pending, so
+    /// KVM delivers it as a CPU would (RFLAGS.RF for a fault, nested-exception rules, CR2/DR6
+    /// written at delivery); without it, it is injected as is, CR2/DR6 set beforehand and RF set
+    /// in RFLAGS for a fault.
+    fn queue_exception(
+        &mut self,
+        vector: u8,
+        error_code: Option<u32>,
+        payload: Option<u64>,
+    ) -> Result<(), String> {
         let mut events = self
             .fd
             .get_vcpu_events()
             .map_err(|e| format!("KVM_GET_VCPU_EVENTS: {e}"))?;
         if events.exception.injected != 0
+            || events.exception.pending != 0
             || events.interrupt.injected != 0
             || events.nmi.injected != 0
         {
@@ -309,38 +375,75 @@ impl Vcpu {
                 events.interrupt.nr
             ));
         }
-        if let Fault::Pf(pf) = fault {
-            let mut sregs = self
-                .fd
-                .get_sregs()
-                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-            sregs.cr2 = pf.addr;
-            self.fd
-                .set_sregs(&sregs)
-                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        events.exception.nr = vector;
+        events.exception.has_error_code = u8::from(error_code.is_some());
+        events.exception.error_code = error_code.unwrap_or(0);
+        if self.exception_payload {
+            events.exception.pending = 1;
+            events.exception.injected = 0;
+            events.exception_has_payload = u8::from(payload.is_some());
+            events.exception_payload = payload.unwrap_or(0);
+            events.flags = KVM_VCPUEVENT_VALID_PAYLOAD;
+        } else {
+            self.set_payload_by_hand(vector, payload)?;
+            events.exception.pending = 0;
+            events.exception.injected = 1;
+            events.exception_has_payload = 0;
+            events.exception_payload = 0;
+            events.flags = 0;
         }
-        events.exception.injected = 1;
-        events.exception.pending = 0;
-        events.exception.nr = fault.vector();
-        events.exception.has_error_code = u8::from(fault.error_code().is_some());
-        events.exception.error_code = fault.error_code().unwrap_or(0);
-        events.exception_has_payload = 0;
-        events.exception_payload = 0;
-        events.flags = 0;
         self.fd
             .set_vcpu_events(&events)
             .map_err(|e| format!("KVM_SET_VCPU_EVENTS: {e}"))
     }
+
+    /// Without KVM_CAP_EXCEPTION_PAYLOAD: writes CR2 (#PF) or DR6 (#DB) and sets RFLAGS.RF for a
+    /// fault, what KVM would do when delivering a pending exception.
+    fn set_payload_by_hand(&mut self, vector: u8, payload: Option<u64>) -> Result<(), String> {
+        match (vector, payload) {
+            (PF_VECTOR, Some(cr2)) => {
+                let mut sregs = self
+                    .fd
+                    .get_sregs()
+                    .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+                sregs.cr2 = cr2;
+                self.fd
+                    .set_sregs(&sregs)
+                    .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+            }
+            (DB_VECTOR, Some(bits)) => {
+                let mut dregs = self
+                    .fd
+                    .get_debug_regs()
+                    .map_err(|e| format!("KVM_GET_DEBUGREGS: {e}"))?;
+                dregs.dr6 |= bits;
+                self.fd
+                    .set_debug_regs(&dregs)
+                    .map_err(|e| format!("KVM_SET_DEBUGREGS: {e}"))?;
+            }
+            _ => {}
+        }
+        if vector != DB_VECTOR {
+            // #UD, #GP, #SS, #PF, #AC are faults: the CPU sets RF in the RFLAGS it pushes.
+            self.fd.sync_regs_mut().regs.rflags |= RFLAGS_RF;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+        }
+        Ok(())
+    }
 }
 
-/// The guest's PKRU, from its XSAVE image (0, the init state, when the PKRU component is not in
-/// use or the image cannot be read).
-fn read_pkru(fd: &VcpuFd) -> u32 {
-    /// XSAVE component 9 (PKRU): byte 2688 of the standard-format image; XSTATE_BV at byte 512.
-    const PKRU_WORD: usize = 2688 / 4;
+/// The guest's PKRU, from its XSAVE image at `offset` (leaf 0xD subleaf 9; 0, the init state,
+/// when the PKRU component is not in use, the CPU has none, or the image cannot be read).
+fn read_pkru(fd: &VcpuFd, offset: Option<u32>) -> u32 {
+    /// XSTATE_BV, the XSAVE header's bitmap of components in use, at byte 512.
     const XSTATE_BV_WORD: usize = 512 / 4;
+    let Some(offset) = offset else {
+        return 0;
+    };
     match fd.get_xsave() {
-        Ok(x) if x.region[XSTATE_BV_WORD] & (1 << 9) != 0 => x.region[PKRU_WORD],
+        Ok(x) if x.region[XSTATE_BV_WORD] & (1 << 9) != 0 => {
+            x.region.get(offset as usize / 4).copied().unwrap_or(0)
+        }
         Ok(_) => 0,
         Err(e) => {
             tracing::warn!("KVM_GET_XSAVE for PKRU: {e}; taking PKRU as 0");

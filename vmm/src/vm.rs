@@ -16,7 +16,10 @@ use devices::legacy::{
 };
 use devices::pci::kvm_msi::{GsiRouter, KvmMsiSink};
 use devices::pci::{attach_pci_root, PciWindows, SharedPciDevice};
-use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, KVM_CAP_EXCEPTION_PAYLOAD, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -156,6 +159,19 @@ impl Vm {
             tracing::warn!("KVM lacks KVM_CAP_EXIT_ON_EMULATION_FAILURE: MOVDIR64B to DSA portals will fault in the guest");
         }
 
+        // Exceptions dsavmm raises for instructions it emulates are then queued as pending, so
+        // that KVM delivers them with the CPU's rules (RF, nested exceptions, CR2 at delivery).
+        let exception_payload = vm_fd.check_extension_raw(u64::from(KVM_CAP_EXCEPTION_PAYLOAD)) > 0
+            && {
+                let cap = kvm_enable_cap {
+                    cap: KVM_CAP_EXCEPTION_PAYLOAD,
+                    args: [1, 0, 0, 0],
+                    ..Default::default()
+                };
+                vm_fd.enable_cap(&cap).is_ok()
+            };
+        tracing::debug!("KVM_CAP_EXCEPTION_PAYLOAD enabled: {exception_payload}");
+
         let mem_size = spec.memory_mib << 20;
         let mem =
             GuestMemoryMmap::<()>::from_ranges(&arch::boot_params::guest_ram_regions(mem_size))
@@ -233,7 +249,6 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
-        let max_phys_bits = arch::cpuid::max_phys_bits(&supported);
         let pause = Arc::new(PauseGate::default());
         let mut vcpu_list = Vec::new();
         let mut vcpu_stats = Vec::new();
@@ -266,7 +281,9 @@ impl Vm {
                 exit: exit.clone(),
                 pause: pause.clone(),
                 stats,
-                max_phys_bits,
+                features: arch::cpuid::paging_features(&cpuid),
+                exception_payload,
+                warned_ud: false,
             });
         }
         Ok(Self {

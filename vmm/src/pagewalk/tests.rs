@@ -73,6 +73,7 @@ impl Tables {
             rflags: 0,
             cpl: 0,
             max_phys_bits: 46,
+            gbpages: true,
         }
     }
 
@@ -360,4 +361,89 @@ fn paging_off_is_identity() {
         ..t.state()
     };
     assert_eq!(t.walk(&s, 0x1234_5678, Access::Write), Ok(0x1234_5678));
+}
+
+#[test]
+fn fetch_error_code_has_i_d_only_with_nxe_or_smep() {
+    let t = Tables::new(4);
+    let mut s = t.state();
+    s.efer = 0;
+    assert_eq!(t.walk(&s, 0x5000, Access::Fetch), pf(0x5000, 0));
+    s.cr4 |= CR4_SMEP;
+    assert_eq!(t.walk(&s, 0x5000, Access::Fetch), pf(0x5000, PF_FETCH));
+}
+
+#[test]
+fn protection_key_bit_comes_with_other_protection_faults() {
+    let mut t = Tables::new(4);
+    t.map(0x1000, 0x9000, 12, URW, PRESENT | USER | (3 << 59)); // read-only, key 3
+    let mut s = t.state();
+    s.cr4 |= CR4_PKE;
+    s.cpl = 3;
+    let wd = 2 << 6;
+    assert_eq!(
+        translate(&t.mem, &s, 0x1000, Access::Write, &mut || wd),
+        pf(0x1000, PF_PRESENT | PF_WRITE | PF_USER | PF_PK)
+    );
+    assert_eq!(
+        translate(&t.mem, &s, 0x1000, Access::Write, &mut || 0),
+        pf(0x1000, PF_PRESENT | PF_WRITE | PF_USER)
+    );
+    // Supervisor access to a user page with access-disable.
+    s.cpl = 0;
+    assert_eq!(
+        translate(&t.mem, &s, 0x1000, Access::Read, &mut || 1 << 6),
+        pf(0x1000, PF_PRESENT | PF_PK)
+    );
+}
+
+#[test]
+fn one_gib_pages_need_cpuid_gbpages() {
+    let mut t = Tables::new(4);
+    t.map(0x4000_0000, 0x4000_0000, 30, RW, RW);
+    let s = PagingState {
+        gbpages: false,
+        ..t.state()
+    };
+    assert_eq!(
+        t.walk(&s, 0x4000_0000, Access::Read),
+        pf(0x4000_0000, PF_PRESENT | PF_RSVD)
+    );
+}
+
+#[test]
+fn ps_in_a_pml5e_is_reserved() {
+    let mut t = Tables::new(5);
+    t.map(0x1000, 0x9000, 12, RW, RW);
+    let e = t.entry(t.root);
+    t.mem
+        .write_obj(e | PAGE_SIZE, GuestAddress(t.root))
+        .unwrap();
+    assert_eq!(
+        t.walk(&t.state(), 0x1000, Access::Read),
+        pf(0x1000, PF_PRESENT | PF_RSVD)
+    );
+}
+
+#[test]
+fn accessed_dirty_update_fails_when_an_entry_changed_under_the_walk() {
+    let mut t = Tables::new(4);
+    let leaf = t.map(0x1000, 0x9000, 12, RW, RW);
+    let s = t.state();
+    let w = walk(&t.mem, &s, 0x1000, Access::Write, &mut || 0).unwrap();
+    // Another vCPU remaps the page before the A/D update.
+    t.mem.write_obj(0xa000u64 | RW, GuestAddress(leaf)).unwrap();
+    assert!(!w.update_accessed_dirty(&t.mem, Access::Write, false));
+    assert_eq!(
+        t.entry(leaf),
+        0xa000 | RW,
+        "the new entry is not marked dirty"
+    );
+    // The retried walk sees the new frame and marks it.
+    assert_eq!(t.walk(&s, 0x1000, Access::Write), Ok(0xa000));
+    assert_eq!(t.entry(leaf), 0xa000 | RW | ACCESSED | DIRTY);
+    // Forced (the last retry), the bits are ORed in whatever is there.
+    t.mem.write_obj(0xb000u64 | RW, GuestAddress(leaf)).unwrap();
+    assert!(w.update_accessed_dirty(&t.mem, Access::Write, true));
+    assert_eq!(t.entry(leaf), 0xb000 | RW | ACCESSED | DIRTY);
 }
