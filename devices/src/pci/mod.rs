@@ -18,7 +18,7 @@
 //! Usage by the VMM:
 //!
 //! ```ignore
-//! let pci = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone(), windows)));
+//! let pci = Arc::new(Mutex::new(PciBus::new(&mmio_bus, windows)));
 //! pio_bus.insert(Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))), 0xcf8, 8)?;
 //! mmio_bus.insert(Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))), ECAM_START, ECAM_SIZE)?;
 //! let bdf = pci.lock().unwrap().add_device(dev)?;
@@ -29,7 +29,7 @@ pub mod kvm_msi;
 pub mod msix;
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::bus::{Bus, BusDevice};
 pub use config::{BarKind, BarSpec, PciConfig, PciHeader};
@@ -185,7 +185,9 @@ impl PciDevice for PciHostBridge {
 
 /// PCI bus 0.
 pub struct PciBus {
-    mmio: Arc<Bus>,
+    /// The MMIO bus the BARs go on. Weak: that bus holds the ECAM device, which holds this bus, so
+    /// a strong reference would be a cycle that outlives the VM.
+    mmio: Weak<Bus>,
     windows: PciWindows,
     next32: u64,
     next64: u64,
@@ -195,7 +197,7 @@ pub struct PciBus {
 impl PciBus {
     /// Creates bus 0 with the host bridge at 00:00.0. BARs are placed in `windows` and
     /// registered on `mmio`.
-    pub fn new(mmio: Arc<Bus>, windows: PciWindows) -> Self {
+    pub fn new(mmio: &Arc<Bus>, windows: PciWindows) -> Self {
         let mut slots: Vec<Option<Slot>> = (0..MAX_DEVICES).map(|_| None).collect();
         let bridge: SharedPciDevice = Arc::new(Mutex::new(PciHostBridge::default()));
         slots[0] = Some(Slot {
@@ -203,7 +205,7 @@ impl PciBus {
             mapped: [None; config::NUM_BARS],
         });
         Self {
-            mmio,
+            mmio: Arc::downgrade(mmio),
             windows,
             next32: windows.mmio32_start,
             next64: windows.mmio64_start,
@@ -346,6 +348,10 @@ impl PciBus {
         let Some(Some(slot)) = self.slots.get_mut(device) else {
             return;
         };
+        // Gone only while the VM is torn down: there is nothing left to map onto.
+        let Some(mmio) = self.mmio.upgrade() else {
+            return;
+        };
         let wanted: Vec<Option<(u64, u64)>> = {
             let d = slot.dev.lock().unwrap_or_else(|e| e.into_inner());
             (0..config::NUM_BARS)
@@ -359,9 +365,9 @@ impl PciBus {
             }
             match (have, want) {
                 (Some((old, osz)), Some((new, nsz))) if osz == nsz => {
-                    if self.mmio.relocate(old, new).is_err() {
+                    if mmio.relocate(old, new).is_err() {
                         // Relocate put it back at `old`; the guest asked for `new`, so unmap.
-                        let _ = self.mmio.remove(old);
+                        let _ = mmio.remove(old);
                         tracing::warn!(
                             "PCI {device:02x}: BAR{bar} at {new:#x} overlaps; left unmapped"
                         );
@@ -372,7 +378,7 @@ impl PciBus {
                 }
                 _ => {
                     if let Some((old, _)) = have {
-                        let _ = self.mmio.remove(old);
+                        let _ = mmio.remove(old);
                         slot.mapped[bar] = None;
                     }
                     if let Some((new, size)) = want {
@@ -380,7 +386,7 @@ impl PciBus {
                             dev: slot.dev.clone(),
                             bar,
                         }));
-                        match self.mmio.insert(region, new, size) {
+                        match mmio.insert(region, new, size) {
                             Ok(()) => slot.mapped[bar] = want,
                             Err(e) => tracing::warn!("PCI {device:02x}: BAR{bar} not mapped: {e}"),
                         }
@@ -403,7 +409,7 @@ pub fn attach_pci_root(
     ecam_base: u64,
     ecam_size: u64,
 ) -> Result<SharedPciBus, crate::bus::BusError> {
-    let pci = Arc::new(Mutex::new(PciBus::new(mmio.clone(), windows)));
+    let pci = Arc::new(Mutex::new(PciBus::new(mmio, windows)));
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
         0xcf8,
@@ -715,6 +721,20 @@ mod tests {
     }
 
     #[test]
+    fn the_buses_are_freed_when_the_vm_lets_go_of_them() {
+        let (pio, mmio) = (Bus::new(), Arc::new(Bus::new()));
+        let pci = attach_pci_root(&pio, &mmio, WIN, 0xe000_0000, 0x10_0000).unwrap();
+        pci.lock().unwrap().add_device(TestDev::shared()).unwrap();
+        let (weak_mmio, weak_pci) = (Arc::downgrade(&mmio), Arc::downgrade(&pci));
+        drop((pio, mmio, pci));
+        assert!(
+            weak_mmio.upgrade().is_none(),
+            "MMIO bus <-> ECAM <-> PCI bus cycle"
+        );
+        assert!(weak_pci.upgrade().is_none());
+    }
+
+    #[test]
     fn windows_exhausted_and_bus_full() {
         let mmio = Arc::new(Bus::new());
         let small = PciWindows {
@@ -723,7 +743,7 @@ mod tests {
             mmio64_start: 0,
             mmio64_size: 0,
         };
-        let mut pci = PciBus::new(mmio, small);
+        let mut pci = PciBus::new(&mmio, small);
         assert_eq!(
             pci.add_device(TestDev::shared()),
             Err(PciError::OutOfMmioSpace {
@@ -731,7 +751,8 @@ mod tests {
                 size: 0x10000
             })
         );
-        let mut pci = PciBus::new(Arc::new(Bus::new()), WIN);
+        let mmio = Arc::new(Bus::new());
+        let mut pci = PciBus::new(&mmio, WIN);
         for _ in 1..MAX_DEVICES {
             pci.add_device(TestDev::shared()).unwrap();
         }

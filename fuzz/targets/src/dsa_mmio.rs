@@ -34,15 +34,6 @@ struct Rig {
     dsa: Arc<Mutex<DsaDevice>>,
 }
 
-impl Drop for Rig {
-    /// The MMIO bus holds the ECAM device, which holds the PCI bus, which holds the MMIO bus
-    /// (to map BARs): a reference cycle that lives as long as the VM in dsavmm, but would leak
-    /// one rig per input here (LeakSanitizer reports it). Taking ECAM off the bus breaks it.
-    fn drop(&mut self) {
-        let _ = self.mmio.remove(ECAM);
-    }
-}
-
 fn rig(bring_up: bool) -> Rig {
     let mmio = Arc::new(Bus::new());
     let pio = Bus::new();
