@@ -141,6 +141,24 @@ selftest_k_movdir64b_insn:
     .byte 0x66, 0x0f, 0x38, 0xf8, 0x02
     ret
 
+    /* movdir64b rax, [rdx] with RFLAGS.TF set by the POPFQ before it: the
+       single-step #DB is raised after it, at selftest_k_movdir64b_tf_next. */
+    .balign 16
+    .globl selftest_k_movdir64b_tf
+selftest_k_movdir64b_tf:
+    movq %rdi, %rax
+    movq %rsi, %rdx
+    pushfq
+    orq $0x100, (%rsp)
+    popfq
+    .byte 0x66, 0x0f, 0x38, 0xf8, 0x02
+    .globl selftest_k_movdir64b_tf_next
+selftest_k_movdir64b_tf_next:
+    pushfq
+    andq $~0x100, (%rsp)
+    popfq
+    ret
+
     /* movdiri [rdi], esi */
     .balign 16
     .globl selftest_k_movdiri32
@@ -180,6 +198,8 @@ extern "C" {
     fn selftest_try_user(rip: u64, a: u64, b: u64) -> u64;
     fn selftest_k_movdir64b(dst: u64, src: u64);
     static selftest_k_movdir64b_insn: u8;
+    fn selftest_k_movdir64b_tf(dst: u64, src: u64);
+    static selftest_k_movdir64b_tf_next: u8;
     fn selftest_k_movdiri32(dst: u64, value: u64);
     static selftest_k_movdiri32_insn: u8;
     fn selftest_k_movdiri64(dst: u64, value: u64);
@@ -284,6 +304,7 @@ struct Want {
 fn vector_name(v: u64) -> &'static str {
     match v {
         0 => "#DE",
+        1 => "#DB",
         6 => "#UD",
         13 => "#GP",
         14 => "#PF",
@@ -697,6 +718,62 @@ fn case_gp_misaligned() -> Outcome {
     outcome(run())
 }
 
+/// Case `movdir64b_single_step`: CPL 0 MOVDIR64B with RFLAGS.TF: the store
+/// completes, then the single-step #DB arrives with RIP after the
+/// instruction and DR6.BS set, as the CPU retires any instruction (a VMM that
+/// emulates it must do the same).
+fn case_single_step() -> Outcome {
+    const DR6_BS: u64 = 1 << 14;
+    if !HAS_MOVDIR64B.load(Ordering::Relaxed) {
+        let mut l = Line::new();
+        l.s(Insn::Movdir64b.name()).s(" raises #UD on this CPU");
+        return Outcome::Skip(l);
+    }
+    let run = || -> Result<(), Outcome> {
+        let data = frame(um::FR_DATA);
+        fill64(data + 0x500, SRC_SEED);
+        fill64(data + 0x440, OLD_SEED);
+        write_dr6(0);
+        check(
+            try_kernel(selftest_k_movdir64b_tf, data + 0x440, data + 0x500),
+            &Want {
+                what: "MOVDIR64B with RFLAGS.TF",
+                insn: Insn::Movdir64b,
+                rip: core::ptr::addr_of!(selftest_k_movdir64b_tf_next) as u64,
+                user: false,
+                fault: Some((1, 0, 0)),
+            },
+        )?;
+        let dr6 = read_dr6();
+        write_dr6(0);
+        if dr6 & DR6_BS == 0 {
+            let mut l = Line::new();
+            l.s("single-step #DB without DR6.BS: dr6 ").hex(dr6);
+            return Err(Outcome::Fail(l));
+        }
+        check64(
+            "single-stepped MOVDIR64B destination",
+            data + 0x440,
+            SRC_SEED,
+        )
+    };
+    outcome(run())
+}
+
+fn read_dr6() -> u64 {
+    let v: u64;
+    // SAFETY: reading DR6 at CPL 0 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+fn write_dr6(v: u64) {
+    // SAFETY: DR6 is a status register; the guest uses no debug features.
+    unsafe { core::arch::asm!("mov dr6, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
 fn read_cr0() -> u64 {
     let v: u64;
     // SAFETY: reading CR0 has no side effects.
@@ -1089,7 +1166,7 @@ fn case_ud() -> Outcome {
 type Case = (&'static str, fn() -> Outcome);
 
 /// The cases, in order.
-const CASES: [Case; 16] = [
+const CASES: [Case; 17] = [
     ("user_movdir64b", case_user_movdir64b),
     ("user_movdiri", case_user_movdiri),
     ("user_movdiri_split", case_user_movdiri_split),
@@ -1105,6 +1182,7 @@ const CASES: [Case; 16] = [
     ("movdiri_split", case_k_movdiri_split),
     ("movdiri_pf_write_protect", case_k_movdiri_wp),
     ("movdir64b_mmio_unclaimed", case_k_mmio),
+    ("movdir64b_single_step", case_single_step),
     ("ud_unemulated", case_ud),
 ];
 
