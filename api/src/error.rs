@@ -57,6 +57,9 @@ pub enum ApiError {
     /// The HTTP exchange failed on the client side (connection reset, bad response...).
     #[error("HTTP transport error: {0}")]
     Transport(String),
+    /// The server's thread-start hook failed (e.g. its seccomp filter could not be installed).
+    #[error("API thread: {0}")]
+    ThreadStart(String),
 }
 
 impl ApiError {
@@ -69,7 +72,10 @@ impl ApiError {
             ApiError::RequestTimeout(_) => 408,
             ApiError::Conflict(_) => 409,
             ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::Internal(_) | ApiError::Io { .. } | ApiError::Transport(_) => 500,
+            ApiError::Internal(_)
+            | ApiError::Io { .. }
+            | ApiError::Transport(_)
+            | ApiError::ThreadStart(_) => 500,
             ApiError::Unavailable(_) => 503,
         }
     }

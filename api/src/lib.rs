@@ -57,7 +57,9 @@ pub use metrics::{prometheus_header, prometheus_line, PROMETHEUS_CONTENT_TYPE};
 pub use openapi::OPENAPI_JSON;
 pub use request::{ApiMessage, ApiReply, ApiRequest, ApiResponse, ReplyReceiver, ReplySender};
 pub use router::ROUTES;
-pub use server::{start_api_server, start_api_server_with, ApiServerHandle, ApiServerOptions};
+pub use server::{
+    start_api_server, start_api_server_with, ApiServerHandle, ApiServerOptions, ThreadStart,
+};
 pub use types::{
     parse_config_file, Action, ActionType, BootSource, DsaBackend, DsaDeviceConfig, DsaDeviceInfo,
     DsaEntry, InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfig, Validate,

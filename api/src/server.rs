@@ -59,6 +59,19 @@ pub struct ApiServerOptions {
     /// On stop, how long requests in flight may take to finish (their answers are still
     /// written, e.g. the 204 of a `Shutdown` action). Default 2 s.
     pub shutdown_grace: Duration,
+    /// Run on the API thread before it reads its first request (the VMM installs the thread's
+    /// seccomp filter here); an error fails [`start_api_server_with`]. Default none.
+    pub thread_start: Option<ThreadStart>,
+}
+
+/// A hook run first on the API thread; see [`ApiServerOptions::thread_start`].
+#[derive(Clone)]
+pub struct ThreadStart(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ThreadStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadStart(..)")
+    }
 }
 
 impl Default for ApiServerOptions {
@@ -70,6 +83,7 @@ impl Default for ApiServerOptions {
             reply_timeout: Duration::from_secs(60),
             max_connections: 128,
             shutdown_grace: Duration::from_secs(2),
+            thread_start: None,
         }
     }
 }
@@ -178,10 +192,26 @@ pub fn start_api_server_with(
         options,
     });
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+    let thread_start = ctx.options.thread_start.clone();
     let thread = std::thread::Builder::new()
         .name("dsavmm-api".into())
-        .spawn(move || runtime.block_on(serve(listener, ctx, stop_rx)))
+        .spawn(move || {
+            let started = thread_start.map_or(Ok(()), |f| (f.0)());
+            let ok = started.is_ok();
+            let _ = started_tx.send(started);
+            if ok {
+                runtime.block_on(serve(listener, ctx, stop_rx));
+            }
+        })
         .map_err(|e| cleanup(ApiError::io("spawning the API thread", e)))?;
+    let started = started_rx
+        .recv()
+        .unwrap_or_else(|_| Err("the API thread ended before it started serving".into()));
+    if let Err(e) = started {
+        let _ = thread.join();
+        return Err(cleanup(ApiError::ThreadStart(e)));
+    }
     Ok(ApiServerHandle {
         path: path.to_path_buf(),
         inode,

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use devices::dsa::DsaConfig;
 
 use crate::config::SerialMode;
+use crate::seccomp::SeccompMode;
 
 /// dsavmm: a KVM virtual machine monitor with a virtual Intel DSA.
 #[derive(Parser, Debug)]
@@ -22,6 +23,12 @@ pub struct Cli {
     /// process stays up after the guest halts, until a `Shutdown` action or SIGTERM.
     #[arg(long, global = true, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+
+    /// System-call filtering of every dsavmm thread (resources/seccomp/x86_64.json): enforce stops
+    /// the process on a forbidden call (exit status 159) with a message naming it, log lets it run
+    /// and has the kernel log it (audit type 1326), off installs no filter.
+    #[arg(long, global = true, value_enum, default_value_t = SeccompMode::Enforce)]
+    pub seccomp: SeccompMode,
 
     /// Configure the VM from a JSON file holding the API's documents (machine-config,
     /// boot-source, dsa, logger) and boot it.

@@ -16,6 +16,7 @@ use devices::legacy::{ExitReason, ExitSignal};
 
 use crate::config::{check_memory, check_vcpus, host_memory_mib, KernelImage, SerialMode, VmSpec};
 use crate::logger::LogControl;
+use crate::seccomp::SeccompMode;
 use crate::vm::{Vm, VmError};
 
 /// Reads one counter out of a device's statistics.
@@ -39,6 +40,7 @@ pub struct Controller {
     log: Option<Arc<LogControl>>,
     serial: SerialMode,
     force_movdir64b: bool,
+    seccomp: SeccompMode,
     exit: Arc<ExitSignal>,
     vm: Option<Vm>,
     /// The console, once the VM exists (the event loop feeds it host input).
@@ -105,6 +107,7 @@ impl Controller {
             log,
             serial,
             force_movdir64b,
+            seccomp: SeccompMode::Off,
             exit: Arc::new(ExitSignal::new()?),
             vm: None,
             serial_slot: Arc::new(Mutex::new(None)),
@@ -380,6 +383,12 @@ impl Controller {
         Ok(ApiReply::Empty)
     }
 
+    /// The seccomp mode of the vCPU threads the next start spawns (default off: for tests that
+    /// embed a controller).
+    pub fn set_seccomp(&mut self, mode: SeccompMode) {
+        self.seccomp = mode;
+    }
+
     /// Builds and starts the VM from the current configuration.
     pub fn start(&mut self) -> Result<(), VmError> {
         if self.state != InstanceState::NotStarted {
@@ -414,7 +423,7 @@ impl Controller {
             dsa,
         };
         let mut vm = Vm::build(&spec, self.force_movdir64b, self.exit.clone())?;
-        vm.start()?;
+        vm.start(self.seccomp)?;
         *self.serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm.serial.clone());
         self.vm = Some(vm);
         self.state = InstanceState::Running;

@@ -11,6 +11,7 @@ mod host;
 mod insn;
 mod logger;
 mod pagewalk;
+mod seccomp;
 mod selftest;
 mod vcpu;
 mod vm;
@@ -24,6 +25,7 @@ use clap::Parser;
 use cli::{Cli, Command, MachineArgs, Movdir64b};
 use controller::Controller;
 use logger::LogControl;
+use seccomp::{Filter, SeccompMode, ThreadKind};
 
 /// Decides whether the guest sees MOVDIR64B, warning when it will not.
 fn movdir64b_policy(p: Movdir64b) -> bool {
@@ -85,7 +87,11 @@ fn apply_machine(c: &mut Controller, m: &MachineArgs) -> anyhow::Result<()> {
 
 fn real_main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
+    if cli.seccomp != SeccompMode::Off {
+        seccomp::install_sigsys_handler()?;
+    }
     if let Some(Command::Remote { verb }) = &cli.command {
+        Filter::new(ThreadKind::Client, cli.seccomp).install()?;
         let sock = cli
             .api_sock
             .as_deref()
@@ -97,6 +103,7 @@ fn real_main() -> anyhow::Result<i32> {
         return Ok(0);
     }
     if let Some(Command::SelftestImage { output }) = &cli.command {
+        Filter::new(ThreadKind::Main, cli.seccomp).install()?;
         std::fs::write(output, selftest::SELFTEST_ELF)
             .with_context(|| format!("cannot write {}", output.display()))?;
         return Ok(0);
@@ -124,6 +131,7 @@ fn real_main() -> anyhow::Result<i32> {
         movdir64b_policy(machine.movdir64b),
     )
     .context("cannot create the VM exit event")?;
+    controller.set_seccomp(cli.seccomp);
 
     let mut boot_now = false;
     match &cli.command {
@@ -184,14 +192,23 @@ fn real_main() -> anyhow::Result<i32> {
             let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .context("cannot create the API eventfd")?;
             let wake = evt.try_clone().context("cannot clone the API eventfd")?;
-            let server =
-                api::start_api_server(path, tx, wake).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let filter = Arc::new(Filter::new(ThreadKind::Api, cli.seccomp));
+            let options = api::ApiServerOptions {
+                thread_start: Some(api::ThreadStart(Arc::new(move || {
+                    filter.install().map_err(|e| e.to_string())
+                }))),
+                ..Default::default()
+            };
+            let server = api::start_api_server_with(path, tx, wake, options)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             events.add_api(rx, evt);
             tracing::info!("API listening on {}", path.display());
             Some(server)
         }
         None => None,
     };
+    // From here on the main thread reads API requests and guest-driven events.
+    Filter::new(ThreadKind::Main, cli.seccomp).install()?;
     if boot_now {
         controller
             .lock()

@@ -16,6 +16,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::direct_store::{self, CpuState, Fault, PhysMemory};
+use crate::seccomp::Filter;
 
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 const RFLAGS_TF: u64 = 1 << 8;
@@ -131,8 +132,14 @@ enum Next {
 }
 
 impl Vcpu {
-    /// Runs the guest until the VM ends.
-    pub fn run(mut self) {
+    /// Installs the vCPU thread's seccomp filter, then runs the guest until the VM ends.
+    pub fn run(mut self, filter: &Filter) {
+        if let Err(e) = filter.install() {
+            tracing::error!("vCPU {}: {e}", self.id);
+            eprintln!("dsavmm: error: vCPU {}: {e}", self.id);
+            self.exit.request(ExitReason::VcpuError);
+            return;
+        }
         self.fd.set_sync_valid_reg(SyncReg::Register);
         self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
         while !self.exit.is_set() {

@@ -29,6 +29,7 @@ use crate::boot;
 use crate::config::{
     check_cmdline, check_memory, check_vcpus, host_memory_mib, SerialMode, VmSpec,
 };
+use crate::seccomp::{Filter, SeccompMode, ThreadKind};
 use crate::vcpu::{PauseGate, Vcpu, VcpuStats};
 
 /// TSS address KVM needs on Intel (three pages below the identity map page).
@@ -300,15 +301,16 @@ impl Vm {
         })
     }
 
-    /// Starts one thread per vCPU.
-    pub fn start(&mut self) -> Result<(), VmError> {
+    /// Starts one thread per vCPU, each under the vCPU seccomp filter of `seccomp`.
+    pub fn start(&mut self, seccomp: SeccompMode) -> Result<(), VmError> {
         register_signal_handler(SIGRTMIN(), kick_handler)
             .map_err(|e| VmError::Thread("signal", std::io::Error::from_raw_os_error(e.errno())))?;
         for vcpu in self.vcpus.drain(..) {
             let name = format!("vcpu{}", vcpu.id);
+            let filter = Filter::new(ThreadKind::Vcpu, seccomp);
             let t = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || vcpu.run())
+                .spawn(move || vcpu.run(&filter))
                 .map_err(|e| VmError::Thread("vCPU", e))?;
             self.threads.push(t);
         }
