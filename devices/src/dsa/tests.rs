@@ -162,6 +162,25 @@ fn config_validation() {
         .validate(),
         Err(DsaConfigError::MaxBatchShift(4))
     );
+    // One descriptor's work: 2^(xfer + batch) bytes at most 2^31 (§15).
+    assert_eq!(
+        DsaConfig {
+            max_xfer_shift: 22,
+            max_batch_shift: 10,
+            ..d
+        }
+        .validate(),
+        Err(DsaConfigError::WorkPerDescriptor(22, 10))
+    );
+    assert_eq!(
+        DsaConfig {
+            max_xfer_shift: 26,
+            max_batch_shift: 5,
+            ..d
+        }
+        .validate(),
+        Ok(())
+    );
     assert!(DsaDevice::new(
         DsaConfig { wqs: 0, ..d },
         mem(),
@@ -273,13 +292,13 @@ fn capability_registers() {
         engines: 1,
         groups: 1,
         total_wq_size: 32,
-        max_xfer_shift: 31,
+        max_xfer_shift: 26,
         max_batch_shift: 5,
     });
     assert_eq!(g.r64(WQCAP) & 0xff_ffff, 0x02_0020);
     assert_eq!(g.r64(GRPCAP) & 0xff, 1);
     assert_eq!(g.r64(ENGCAP), 1);
-    assert_eq!((g.r64(GENCAP) >> 16) & 0x1f, 31);
+    assert_eq!((g.r64(GENCAP) >> 16) & 0x1f, 26);
     assert_eq!((g.r64(GENCAP) >> 21) & 0xf, 5);
 }
 
