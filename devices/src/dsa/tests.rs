@@ -769,6 +769,34 @@ fn portal_rejects() {
     assert_eq!(h.dev.stats().dropped_portal_writes, 4);
 }
 
+/// A batch member asking for an interrupt on a vector beyond the MSI-X table completes with
+/// 0x19 (as a descriptor of its own does at the portal) and raises nothing; the batch reports
+/// a failed member.
+#[test]
+fn batch_member_with_a_bad_interrupt_handle() {
+    let mut h = h();
+    h.up();
+    const LIST: u64 = 0x4000;
+    const MEMBER_CR: u64 = 0x8040;
+    let mut bad = h.memmove_desc(0x1c, 9, 64);
+    bad[8..16].copy_from_slice(&MEMBER_CR.to_le_bytes());
+    let mut good = h.memmove_desc(0x1c, 1, 64);
+    good[8..16].copy_from_slice(&(MEMBER_CR + 32).to_le_bytes());
+    h.mem.write_slice(&bad, GuestAddress(LIST)).unwrap();
+    h.mem.write_slice(&good, GuestAddress(LIST + 64)).unwrap();
+    let mut batch = [0u8; 64];
+    batch[4..8].copy_from_slice(&(0x0cu32 | (1 << 24)).to_le_bytes());
+    batch[8..16].copy_from_slice(&CR.to_le_bytes());
+    batch[16..24].copy_from_slice(&LIST.to_le_bytes());
+    batch[32..36].copy_from_slice(&2u32.to_le_bytes());
+    h.submit(0, 1, &batch);
+    let status = |a: u64| h.mem.read_obj::<u8>(GuestAddress(a)).unwrap();
+    assert_eq!(status(MEMBER_CR), 0x19, "member with handle 9 of 9 vectors");
+    assert_eq!(status(MEMBER_CR + 32), 1);
+    assert_eq!(h.cr_status(), 0x05, "batch: a member failed");
+    assert_eq!(h.sink.triggered(), vec![1], "only the good member's vector");
+}
+
 #[test]
 fn error_completion_and_swerr_without_crav() {
     let mut h = h();
