@@ -235,6 +235,15 @@ fn ring(h: &mut Hostile, e: u16) -> Res<()> {
     check_eq("NOP with RCI: status", u64::from(c.status), 1)
 }
 
+/// Clears the function mask, then [`ring`]s every WQ entry; returns how many.
+fn ring_all(h: &mut Hostile) -> Res<u64> {
+    function_mask(h.d, false);
+    for e in 1..h.d.msix_entries {
+        ring(h, e)?;
+    }
+    Ok(u64::from(h.d.msix_entries) - 1)
+}
+
 /// `hostile_msix`: random writes and reads of every size to the MSI-X table (and past its
 /// end) and to the PBA with the function masked; then masked vectors pend and deliver on
 /// unmask, a disabled function neither sends nor pends, and random fixed-mode messages to this
@@ -281,11 +290,7 @@ pub fn case_msix(h: &mut Hostile) -> Res<u64> {
     for e in 0..n as u16 {
         d.unmask(e, false);
     }
-    function_mask(d, false);
-    for e in 1..n as u16 {
-        ring(h, e)?;
-        ops += 1;
-    }
+    ops += ring_all(h)?;
     let d = &*h.d;
     for e in 1..n as u16 {
         if !d.pending(e) {
@@ -335,11 +340,7 @@ pub fn case_msix(h: &mut Hostile) -> Res<u64> {
         d.unmask(e as u16, true);
         ops += 4;
     }
-    function_mask(d, false);
-    for e in 1..n as u16 {
-        ring(h, e)?;
-        ops += 1;
-    }
+    ops += ring_all(h)?;
     let d = &*h.d;
     for e in 0..n as u16 {
         if d.pending(e) {
