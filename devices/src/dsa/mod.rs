@@ -489,12 +489,19 @@ impl DsaDevice {
             self.stats.records_written += 1;
         }
         if let Some(e) = out.swerr {
+            // Section 10.1: qword 0 desc valid (2), wq_idx valid (3), batch (4), fault on a
+            // write (5), error [15:8], wq [23:16], opcode [39:32]; qword 1 batch index [15:0],
+            // invalid flags [63:32]. priv (6) and the PASID stay 0: there are no PASIDs.
             let q0 = (1 << 2)
                 | (1 << 3)
+                | (u64::from(e.batch_index.is_some()) << 4)
+                | (u64::from(e.write) << 5)
                 | (u64::from(e.status) << 8)
                 | ((wq as u64 & 0xff) << 16)
                 | (u64::from(e.opcode) << 32);
-            self.report_swerr(q0, 0, e.addr);
+            let q1 =
+                u64::from(e.batch_index.unwrap_or(0) & 0xffff) | (u64::from(e.invalid_flags) << 32);
+            self.report_swerr(q0, q1, e.addr);
         }
         // Batch members that asked for an interrupt are signalled before the batch itself.
         for h in out.member_interrupts.iter().copied().chain(out.interrupt) {

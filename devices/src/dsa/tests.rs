@@ -797,6 +797,48 @@ fn batch_member_with_a_bad_interrupt_handle() {
     assert_eq!(h.sink.triggered(), vec![1], "only the good member's vector");
 }
 
+/// SWERR of a batch member says so: qword 0 bit 4 (batch) and qword 1 the member's index, bit 5
+/// for the failed record write; an error without a record carries its invalid flags in qword 1.
+#[test]
+fn swerr_names_the_batch_member_and_the_invalid_flags() {
+    let mut h = h();
+    h.up();
+    h.w32(GENCTRL, 1);
+    const LIST: u64 = 0x4000;
+    let nop = |cr: u64| {
+        let mut d = [0u8; 64];
+        d[4..8].copy_from_slice(&0x0cu32.to_le_bytes());
+        d[8..16].copy_from_slice(&cr.to_le_bytes());
+        d
+    };
+    h.mem
+        .write_slice(&nop(CR + 32), GuestAddress(LIST))
+        .unwrap();
+    h.mem
+        .write_slice(&nop(RAM + 0x1000), GuestAddress(LIST + 64))
+        .unwrap();
+    let mut batch = [0u8; 64];
+    batch[4..8].copy_from_slice(&(0x0cu32 | (1 << 24)).to_le_bytes());
+    batch[8..16].copy_from_slice(&CR.to_le_bytes());
+    batch[16..24].copy_from_slice(&LIST.to_le_bytes());
+    batch[32..36].copy_from_slice(&2u32.to_le_bytes());
+    h.submit(0, 1, &batch);
+    assert_eq!(h.cr_status(), 0x05);
+    let q0 = h.r64(SWERR);
+    assert_eq!((q0 >> 8) & 0xff, 0x1a, "record outside RAM");
+    assert_eq!((q0 >> 4) & 3, 0b11, "batch, fault on a write");
+    assert_eq!(h.r64(SWERR + 8), 1, "member 1");
+    assert_eq!(h.r64(SWERR + 16), RAM + 0x1000);
+    h.w64(SWERR, 3);
+    // Invalid flags (bit 6 is reserved) without CRAV: SWERR 0x11 with the flags in qword 1.
+    let mut bad = [0u8; 64];
+    bad[4..8].copy_from_slice(&0x40u32.to_le_bytes());
+    h.submit(0, 1, &bad);
+    assert_eq!((h.r64(SWERR) >> 8) & 0xff, 0x11);
+    assert_eq!((h.r64(SWERR) >> 4) & 1, 0, "not a batch member");
+    assert_eq!(h.r64(SWERR + 8) >> 32, 0x40);
+}
+
 #[test]
 fn error_completion_and_swerr_without_crav() {
     let mut h = h();

@@ -131,29 +131,27 @@ pub fn case_batches(h: &mut Hostile) -> Res<u64> {
     check_eq("fenced member's record", rd64(recs[1]) & 0xff, 0)?;
     check_eq("record after the fence", rd64(recs[2]) & 0xff, 0)?;
     ops += 1;
-    // A member whose record is not RAM: SWERR 0x1A with its address; the batch goes on.
-    write_desc(at(LIST), &Desc::new(OP_NOP, POLL, BAD_ADDR));
-    write_desc(at(LIST) + 64, &Desc::new(OP_NOP, POLL, recs[1]));
+    // A member whose record is not RAM: SWERR 0x1A with its address, the batch bit and the
+    // member's index (§10.1); the batch goes on.
+    write_desc(at(LIST), &Desc::new(OP_NOP, POLL, recs[1]));
+    write_desc(at(LIST) + 64, &Desc::new(OP_NOP, POLL, BAD_ADDR));
+    write_desc(at(LIST) + 128, &Desc::new(OP_NOP, POLL, recs[2]));
     h.clear_errors();
     let v0 = crate::idt::irq_count(h.d.vector(0));
-    expect_batch(
-        "member with its record outside RAM",
-        &batch(h, at(LIST), 2)?,
-        0x05,
-        2,
-    )?;
+    let c = batch(h, at(LIST), 3)?;
+    expect_batch("member with its record outside RAM", &c, 0x05, 3)?;
     let q0 = h.d.take_swerr(v0)?;
+    let (q1, q2) = (h.d.r64(SWERR + 8), h.d.r64(SWERR + 16));
     check_eq(
         "SWERR code of a member's bad record",
         (q0 >> 8) & 0xff,
         0x1a,
     )?;
-    check_eq(
-        "SWERR address of a member's bad record",
-        h.d.r64(SWERR + 16),
-        BAD_ADDR,
-    )?;
-    expect("member after the bad record", &read_cr(recs[1]), 1)?;
+    check_eq("SWERR batch bit of a member", (q0 >> 4) & 1, 1)?;
+    check_eq("SWERR batch index of a member", q1 & 0xffff, 1)?;
+    check_eq("SWERR address of a member's bad record", q2, BAD_ADDR)?;
+    expect("member before the bad record", &read_cr(recs[1]), 1)?;
+    expect("member after the bad record", &read_cr(recs[2]), 1)?;
     ops += 1;
     // A member interrupt handle outside the MSI-X table: 0x19 for that member (§5).
     let bad = h.d.msix_entries + 3;
