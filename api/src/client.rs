@@ -160,7 +160,7 @@ pub enum RemoteCommand {
         /// Sum of all WQ sizes (1-128).
         #[arg(long)]
         total_wq_size: Option<u32>,
-        /// Largest transfer is 2^N bytes (21-31).
+        /// Largest transfer is 2^N bytes (21-26; with the batch shift at most 31).
         #[arg(long)]
         max_xfer_shift: Option<u32>,
         /// Largest batch is 2^N descriptors (5-10).

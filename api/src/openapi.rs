@@ -184,6 +184,12 @@ mod tests {
                 if name == "DsaDeviceConfig" {
                     base["wqs"] = json!(1);
                     base["total_wq_size"] = json!(128);
+                    // So is max_xfer_shift + max_batch_shift <= 31: the other one at its minimum.
+                    match key.as_str() {
+                        "max_xfer_shift" => base["max_batch_shift"] = json!(5),
+                        "max_batch_shift" => base["max_xfer_shift"] = json!(21),
+                        _ => {}
+                    }
                 }
                 let with_base = |n: i64| {
                     let mut v = base.clone();

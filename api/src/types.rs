@@ -43,13 +43,18 @@ pub mod dsa_limits {
     /// GENCAP.max_xfer_shift range; the driver's WQ default is 2^21
     /// (docs/dsa-device-model.md §0 trap 11).
     pub const MIN_XFER_SHIFT: u32 = 21;
-    /// Upper bound of GENCAP.max_xfer_shift (real SPR DSA: 31).
-    pub const MAX_XFER_SHIFT: u32 = 31;
+    /// Upper bound of GENCAP.max_xfer_shift (real SPR DSA: 31; here 64 MiB, so that with the
+    /// smallest batch the sum stays within [`MAX_WORK_SHIFT`]).
+    pub const MAX_XFER_SHIFT: u32 = 26;
     /// GENCAP.max_batch_shift range; the driver's WQ default is 2^5
     /// (docs/dsa-device-model.md §0 trap 11).
     pub const MIN_BATCH_SHIFT: u32 = 5;
     /// Upper bound of GENCAP.max_batch_shift (real SPR DSA: 10).
     pub const MAX_BATCH_SHIFT: u32 = 10;
+    /// Upper bound of max_xfer_shift + max_batch_shift: one batch descriptor names at most
+    /// 2^31 bytes of transfers, which bounds the work of one guest store
+    /// (docs/dsa-device-model.md §15). The defaults (21 + 10) are exactly at it.
+    pub const MAX_WORK_SHIFT: u32 = 31;
     /// Defaults used when a field is omitted.
     pub const DEFAULT_WQS: u32 = 1;
     /// Default engine count.
@@ -254,7 +259,8 @@ pub struct DsaDeviceConfig {
     /// WQCAP.total_wq_size: the sum of all WQ sizes the guest may configure, 1..=128.
     #[serde(default = "default_total_wq_size")]
     pub total_wq_size: u32,
-    /// GENCAP.max_xfer_shift: the largest transfer is 2^n bytes, 21..=31.
+    /// GENCAP.max_xfer_shift: the largest transfer is 2^n bytes, 21..=26 (and at most
+    /// 31 - max_batch_shift).
     #[serde(default = "default_xfer_shift")]
     pub max_xfer_shift: u32,
     /// GENCAP.max_batch_shift: the largest batch is 2^n descriptors, 5..=10.
@@ -294,6 +300,13 @@ impl Validate for DsaDeviceConfig {
             MIN_BATCH_SHIFT,
             MAX_BATCH_SHIFT,
         )?;
+        if self.max_xfer_shift + self.max_batch_shift > MAX_WORK_SHIFT {
+            return Err(ApiError::BadRequest(format!(
+                "max_xfer_shift + max_batch_shift = {} + {} is above {MAX_WORK_SHIFT}: one batch \
+                 descriptor may name at most 2 GiB of transfers",
+                self.max_xfer_shift, self.max_batch_shift
+            )));
+        }
         if self.total_wq_size < self.wqs {
             return Err(ApiError::BadRequest(format!(
                 "total_wq_size = {} is smaller than wqs = {}; every WQ needs at least one entry",
@@ -597,6 +610,9 @@ mod tests {
         assert!(bad(r#"{"backend":"software","wqs":4,"total_wq_size":3}"#).contains("smaller"));
         assert!(bad(r#"{"backend":"software","max_xfer_shift":20}"#).contains("max_xfer_shift"));
         assert!(bad(r#"{"backend":"software","max_batch_shift":11}"#).contains("max_batch_shift"));
+        assert!(bad(r#"{"backend":"software","max_xfer_shift":22}"#)
+            .contains("max_xfer_shift + max_batch_shift = 22 + 10"));
+        assert!(bad(r#"{"backend":"software","max_xfer_shift":27}"#).contains("max_xfer_shift"));
         assert!(bad(r#"{"backend":"hardware"}"#).contains("unknown variant"));
         assert!(bad(r#"{"wqs":1}"#).contains("missing field `backend`"));
         assert!(bad(r#"{"backend":"software","bogus":1}"#).contains("unknown field `bogus`"));

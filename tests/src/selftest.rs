@@ -1,7 +1,9 @@
 //! The built-in self-test guest's report (`resources/guests/selftest/src/tests.rs` prints it): one
-//! line per case, `selftest: <name>: ok`, `selftest: <name>: FAIL <reason>` or `selftest: <name>:
-//! skipped <reason>`, `selftest: info <text>` lines, and the summary `selftest: N passed, F failed, K
-//! skipped`. The DSA cases (`dsatest.rs`) are `dsa<N>_<area>` per device, plus `movdir64b_ram`.
+//! line per case, `selftest: <name>: ok` (or `ok <detail>`, e.g. `ok ops=N`), `selftest: <name>:
+//! FAIL <reason>` or `selftest: <name>: skipped <reason>`, `selftest: info <text>` lines, and the
+//! summary `selftest: N passed, F failed, K skipped`. The DSA cases (`dsatest.rs`) are
+//! `dsa<N>_<area>` per device, plus `movdir64b_ram`; in hostile mode (`hostile.rs`) the
+//! [`HOSTILE_AREAS`] run first on each device.
 //!
 //! `0 failed` alone proves little: on a CPU that raises #UD on MOVDIR64B the guest skips every DSA
 //! data case and still fails none. [`SelftestReport::check_data_path`] is what the tests apply
@@ -25,7 +27,30 @@ pub struct Case {
     pub name: String,
     /// Its result.
     pub status: CaseStatus,
+    /// What an `ok` line printed after `ok` (`ops=12040 us=900627`), else empty.
+    pub detail: String,
 }
+
+impl Case {
+    /// The number after `<key>=` in [`Case::detail`].
+    pub fn detail_value(&self, key: &str) -> Option<u64> {
+        self.detail
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    }
+}
+
+/// The cases hostile mode (`dsavmm selftest --hostile`) runs on each DSA before the normal ones;
+/// each prints `ok ops=N us=T`.
+pub const HOSTILE_AREAS: [&str; 7] = [
+    "hostile_bar0",
+    "hostile_msix",
+    "hostile_config",
+    "hostile_portal",
+    "hostile_descriptors",
+    "hostile_batches",
+    "hostile_flood",
+];
 
 /// The summary line's counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +145,11 @@ impl SelftestReport {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 continue;
             }
+            let mut detail = String::new();
             let status = if result == "ok" {
+                CaseStatus::Ok
+            } else if let Some(d) = result.strip_prefix("ok ") {
+                detail = d.trim().to_string();
                 CaseStatus::Ok
             } else if let Some(why) = result.strip_prefix("FAIL") {
                 CaseStatus::Fail(why.trim().to_string())
@@ -132,6 +161,7 @@ impl SelftestReport {
             r.cases.push(Case {
                 name: name.to_string(),
                 status,
+                detail,
             });
         }
         r
@@ -142,12 +172,45 @@ impl SelftestReport {
         self.cases.iter().find(|c| c.name == name)
     }
 
-    /// The DSA data cases: `movdir64b_ram` and every `dsa<N>_<area>` but probe, enable, disable.
+    /// The DSA data cases: `movdir64b_ram` and every `dsa<N>_<area>` but probe, enable, disable
+    /// and the hostile ones (see [`SelftestReport::check_hostile`]).
     pub fn data_cases(&self) -> impl Iterator<Item = &Case> {
         self.cases.iter().filter(|c| {
             c.name == "movdir64b_ram"
-                || dsa_case(&c.name).is_some_and(|(_, a)| !CONTROL_AREAS.contains(&a))
+                || dsa_case(&c.name).is_some_and(|(_, a)| {
+                    !CONTROL_AREAS.contains(&a) && !HOSTILE_AREAS.contains(&a)
+                })
         })
+    }
+
+    /// The check of a hostile run: every [`HOSTILE_AREAS`] case of each of `devices` DSAs
+    /// printed, `ok`, with `ops` > 0. `Ok` carries `(case, ops)` in order.
+    pub fn check_hostile(&self, devices: usize) -> Result<Vec<(String, u64)>, String> {
+        let mut problems = Vec::new();
+        let mut ops = Vec::new();
+        for n in 0..devices {
+            for area in HOSTILE_AREAS {
+                let name = format!("dsa{n}_{area}");
+                match self.case(&name) {
+                    None => problems.push(format!("{name}: not printed")),
+                    Some(c) => match (&c.status, c.detail_value("ops")) {
+                        (CaseStatus::Ok, Some(k)) if k > 0 => ops.push((name, k)),
+                        (CaseStatus::Ok, _) => {
+                            problems.push(format!("{name}: ok without ops > 0 ({:?})", c.detail))
+                        }
+                        (CaseStatus::Fail(why), _) => problems.push(format!("{name}: FAIL {why}")),
+                        (CaseStatus::Skipped(why), _) => {
+                            problems.push(format!("{name}: skipped {why}"))
+                        }
+                    },
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(ops)
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// The data cases that were skipped, as `name: reason`.
@@ -496,6 +559,34 @@ mod tests {
             *s = "selftest: dsa0_smp: skipped MOVDIR64B raises #UD on this CPU: data path not exercised".into();
         }
         assert!(parse(&l).check_data_path(1).is_err());
+    }
+
+    #[test]
+    fn hostile_cases_need_ok_with_ops() {
+        let mut l = good_run();
+        for a in HOSTILE_AREAS {
+            l.insert(5, format!("selftest: dsa0_{a}: ok ops=12 us=34"));
+        }
+        let r = parse(&l);
+        let ops = r.check_hostile(1).unwrap();
+        assert_eq!(ops.len(), HOSTILE_AREAS.len());
+        assert!(ops.iter().all(|(_, n)| *n == 12));
+        assert_eq!(
+            r.case("dsa0_hostile_bar0").unwrap().detail_value("us"),
+            Some(34)
+        );
+        // Hostile cases are not data cases: the normal data-path check is unchanged.
+        assert_eq!(r.check_data_path(1), Ok(DATA_AREAS.len()));
+        let mut bad = l.clone();
+        bad[5] = "selftest: dsa0_hostile_flood: ok".into();
+        bad[6] = "selftest: dsa0_hostile_batches: FAIL member 0x19".into();
+        let e = parse(&bad).check_hostile(1).unwrap_err();
+        assert!(e.contains("dsa0_hostile_flood: ok without ops"), "{e}");
+        assert!(e.contains("dsa0_hostile_batches: FAIL member 0x19"), "{e}");
+        assert!(parse(&l)
+            .check_hostile(2)
+            .unwrap_err()
+            .contains("dsa1_hostile_bar0: not printed"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Command-line interface (clap): `dsavmm` (built-in self-test), `dsavmm run ...`,
-//! `dsavmm selftest-image`.
+//! `dsavmm selftest [--hostile]`, `dsavmm selftest-image`.
 
 use std::path::PathBuf;
 
@@ -46,7 +46,7 @@ pub enum Command {
     /// Boot a guest kernel.
     Run(RunArgs),
     /// Boot the built-in self-test guest (the default).
-    Selftest(MachineArgs),
+    Selftest(SelftestArgs),
     /// Talk to a running dsavmm over its API socket (`dsavmm remote --api-sock PATH <verb>`).
     Remote {
         /// The request.
@@ -59,6 +59,22 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+}
+
+/// `dsavmm selftest`.
+#[derive(Args, Debug)]
+pub struct SelftestArgs {
+    /// Machine shape.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Before the normal DSA cases, attack each DSA as a hostile guest would (random and
+    /// adversarial register, configuration space, MSI-X and portal writes, bad descriptors and
+    /// batches, a flood from every vCPU), then run the normal cases on the same device.
+    #[arg(long)]
+    pub hostile: bool,
+    /// Seed of the hostile guest's random values (default: picked and printed by the guest).
+    #[arg(long, requires = "hostile", value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 /// Machine shape shared by `run` and `selftest`.

@@ -180,9 +180,17 @@ mod tests {
             engines: narrow(l::MAX_ENGINES),
             groups: narrow(l::MAX_GROUPS),
             total_wq_size: u16::try_from(l::MAX_TOTAL_WQ_SIZE).unwrap(),
-            max_xfer_shift: narrow(l::MAX_XFER_SHIFT),
+            // The largest of each whose sum is allowed (MAX_WORK_SHIFT).
+            max_xfer_shift: narrow(l::MAX_WORK_SHIFT - l::MAX_BATCH_SHIFT),
             max_batch_shift: narrow(l::MAX_BATCH_SHIFT),
         };
+        let widest = DsaConfig {
+            max_xfer_shift: narrow(l::MAX_WORK_SHIFT - l::MIN_BATCH_SHIFT),
+            max_batch_shift: narrow(l::MIN_BATCH_SHIFT),
+            ..max
+        };
+        assert!(widest.validate().is_ok());
+        const { assert!(l::MAX_WORK_SHIFT - l::MIN_BATCH_SHIFT <= l::MAX_XFER_SHIFT) };
         let min = DsaConfig {
             wqs: 1,
             engines: 1,

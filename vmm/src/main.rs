@@ -122,7 +122,7 @@ fn real_main() -> anyhow::Result<i32> {
     let api_only = cli.command.is_none() && (cli.api_sock.is_some() || cli.config_file.is_some());
     let machine = match &cli.command {
         Some(Command::Run(r)) => r.machine.clone(),
-        Some(Command::Selftest(m)) => m.clone(),
+        Some(Command::Selftest(s)) => s.machine.clone(),
         _ => default_machine,
     };
     let mut controller = Controller::new(
@@ -156,7 +156,7 @@ fn real_main() -> anyhow::Result<i32> {
             let vcpus = machine.vcpus as u8;
             controller.set_builtin_kernel(
                 selftest::SELFTEST_ELF,
-                selftest::expectations(machine.memory, vcpus),
+                selftest::expectations(machine.memory, vcpus, cli.command.as_ref()),
             );
             boot_now = true;
         }

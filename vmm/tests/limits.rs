@@ -69,11 +69,15 @@ fn cli_refuses_dsa_geometry_and_machine_shape_beyond_the_limits() {
         ),
         (
             "backend=software,max-xfer-shift=32",
-            "max transfer shift must be 21..=31",
+            "max transfer shift must be 21..=26",
         ),
         (
             "backend=software,max-batch-shift=11",
             "max batch shift must be 5..=10",
+        ),
+        (
+            "backend=software,max-xfer-shift=22",
+            "max transfer shift + max batch shift must be at most 31",
         ),
     ] {
         let (code, err) = dsavmm(&strings(&["selftest", "--dsa", spec]));

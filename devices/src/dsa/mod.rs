@@ -47,6 +47,14 @@ pub const BAR_REGS: usize = 0;
 /// BAR index of the portals.
 pub const BAR_PORTALS: usize = 2;
 
+/// log2 of the most bytes of transfers one descriptor may name: a batch of 2^max_batch_shift
+/// members of up to 2^max_xfer_shift bytes each, so `max_xfer_shift + max_batch_shift` may not
+/// exceed it (the default geometry, 2 MiB x 1024, is exactly 2^31). The engine runs a descriptor
+/// synchronously in the submitting vCPU's MMIO exit, under the device lock, so this bounds how
+/// long one guest store can hold that vCPU, this device's other users and the API
+/// (docs/dsa-device-model.md §15); without it 2 GiB x 1024 = 2 TiB would be allowed.
+pub const MAX_WORK_SHIFT: u8 = 31;
+
 /// Geometry of a vDSA (the CLI's `--dsa backend=software,wqs=N,...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct DsaConfig {
@@ -58,7 +66,8 @@ pub struct DsaConfig {
     pub groups: u8,
     /// Sum of all WQ sizes, wqs..=128 (WQCAP.total_wq_size).
     pub total_wq_size: u16,
-    /// log2 of the device max transfer size, 21..=31 (trap 11: at least 2 MiB).
+    /// log2 of the device max transfer size, 21..=26 (trap 11: at least 2 MiB; with
+    /// `max_batch_shift` at most [`MAX_WORK_SHIFT`]).
     pub max_xfer_shift: u8,
     /// log2 of the device max batch size, 5..=10 (trap 11: at least 32; real DSA: 10).
     pub max_batch_shift: u8,
@@ -93,12 +102,18 @@ pub enum DsaConfigError {
     /// `total_wq_size` out of wqs..=128.
     #[error("total WQ size must be between the number of WQs and 128, got {0}")]
     TotalWqSize(u16),
-    /// `max_xfer_shift` out of 21..=31.
-    #[error("max transfer shift must be 21..=31 (2 MiB..2 GiB), got {0}")]
+    /// `max_xfer_shift` out of 21..=26.
+    #[error("max transfer shift must be 21..=26 (2 MiB..64 MiB), got {0}")]
     MaxXferShift(u8),
     /// `max_batch_shift` out of 5..=10.
     #[error("max batch shift must be 5..=10 (32..1024 descriptors, as on a real DSA), got {0}")]
     MaxBatchShift(u8),
+    /// `max_xfer_shift + max_batch_shift` above [`MAX_WORK_SHIFT`].
+    #[error(
+        "max transfer shift + max batch shift must be at most 31 (one batch descriptor may name \
+         at most 2 GiB of transfers), got {0} + {1}"
+    )]
+    WorkPerDescriptor(u8, u8),
     /// A `key=value` option string could not be parsed.
     #[error("bad DSA option: {0}")]
     Parse(String),
@@ -119,13 +134,19 @@ impl DsaConfig {
         if self.total_wq_size < u16::from(self.wqs) || self.total_wq_size > 128 {
             return Err(DsaConfigError::TotalWqSize(self.total_wq_size));
         }
-        if !(21..=31).contains(&self.max_xfer_shift) {
+        if !(21..=26).contains(&self.max_xfer_shift) {
             return Err(DsaConfigError::MaxXferShift(self.max_xfer_shift));
         }
         // GENCAP's field holds up to 15, but a batch of 1024 is what real devices offer, what
         // the API documents, and what bounds the work one batch descriptor can queue.
         if !(5..=10).contains(&self.max_batch_shift) {
             return Err(DsaConfigError::MaxBatchShift(self.max_batch_shift));
+        }
+        if self.max_xfer_shift + self.max_batch_shift > MAX_WORK_SHIFT {
+            return Err(DsaConfigError::WorkPerDescriptor(
+                self.max_xfer_shift,
+                self.max_batch_shift,
+            ));
         }
         Ok(())
     }
@@ -468,12 +489,19 @@ impl DsaDevice {
             self.stats.records_written += 1;
         }
         if let Some(e) = out.swerr {
+            // Section 10.1: qword 0 desc valid (2), wq_idx valid (3), batch (4), fault on a
+            // write (5), error [15:8], wq [23:16], opcode [39:32]; qword 1 batch index [15:0],
+            // invalid flags [63:32]. priv (6) and the PASID stay 0: there are no PASIDs.
             let q0 = (1 << 2)
                 | (1 << 3)
+                | (u64::from(e.batch_index.is_some()) << 4)
+                | (u64::from(e.write) << 5)
                 | (u64::from(e.status) << 8)
                 | ((wq as u64 & 0xff) << 16)
                 | (u64::from(e.opcode) << 32);
-            self.report_swerr(q0, 0, e.addr);
+            let q1 =
+                u64::from(e.batch_index.unwrap_or(0) & 0xffff) | (u64::from(e.invalid_flags) << 32);
+            self.report_swerr(q0, q1, e.addr);
         }
         // Batch members that asked for an interrupt are signalled before the batch itself.
         for h in out.member_interrupts.iter().copied().chain(out.interrupt) {

@@ -107,11 +107,15 @@ impl DsaDevice {
         let Some(w) = self.tables.wqs.get(p.wq) else {
             return;
         };
-        // The real EngineLimits has more fields than the two set here.
-        #[allow(clippy::needless_update)]
+        // The bounds on one descriptor's work (docs/dsa-device-model.md §15): the WQ's max
+        // transfer and max batch sizes, which ENABLE_WQ keeps at or below GENCAP's, so at most
+        // 2^max_batch_shift members of at most 2^max_xfer_shift bytes each. `int_handles`
+        // makes a batch member's interrupt handle outside the MSI-X table 0x19, as the
+        // descriptor's own is below (section 5).
         let limits = EngineLimits {
             max_xfer_size: 1u64 << w.max_xfer_shift().min(31),
             max_batch_size: 1u32 << w.max_batch_shift().min(15),
+            int_handles: self.msix.num_vectors(),
             ..EngineLimits::default()
         };
         let bad_handle = desc.wants_completion_interrupt()

@@ -192,6 +192,25 @@ pub struct PciBus {
     next32: u64,
     next64: u64,
     slots: Vec<Option<Slot>>,
+    /// BARs left unmapped so far; only the first [`UNMAPPED_WARNINGS`] are logged as warnings
+    /// (a guest can move BARs onto each other in a loop).
+    unmapped: u64,
+}
+
+/// Unmapped-BAR events logged at warn level; the rest go to debug level.
+const UNMAPPED_WARNINGS: u64 = 4;
+
+/// Logs a BAR the guest placed where it cannot be mapped: a warning for the first few, then
+/// debug lines, so that a guest cannot fill the log.
+fn log_unmapped(count: &mut u64, msg: std::fmt::Arguments) {
+    *count = count.saturating_add(1);
+    match *count {
+        n if n < UNMAPPED_WARNINGS => tracing::warn!("{msg}"),
+        UNMAPPED_WARNINGS => {
+            tracing::warn!("{msg} (further unmapped BARs are logged at debug level)")
+        }
+        _ => tracing::debug!("{msg}"),
+    }
 }
 
 impl PciBus {
@@ -210,6 +229,7 @@ impl PciBus {
             next32: windows.mmio32_start,
             next64: windows.mmio64_start,
             slots,
+            unmapped: 0,
         }
     }
 
@@ -368,8 +388,11 @@ impl PciBus {
                     if mmio.relocate(old, new).is_err() {
                         // Relocate put it back at `old`; the guest asked for `new`, so unmap.
                         let _ = mmio.remove(old);
-                        tracing::warn!(
-                            "PCI {device:02x}: BAR{bar} at {new:#x} overlaps; left unmapped"
+                        log_unmapped(
+                            &mut self.unmapped,
+                            format_args!(
+                                "PCI {device:02x}: BAR{bar} at {new:#x} overlaps; left unmapped"
+                            ),
                         );
                         slot.mapped[bar] = None;
                     } else {
@@ -388,7 +411,10 @@ impl PciBus {
                         }));
                         match mmio.insert(region, new, size) {
                             Ok(()) => slot.mapped[bar] = want,
-                            Err(e) => tracing::warn!("PCI {device:02x}: BAR{bar} not mapped: {e}"),
+                            Err(e) => log_unmapped(
+                                &mut self.unmapped,
+                                format_args!("PCI {device:02x}: BAR{bar} not mapped: {e}"),
+                            ),
                         }
                     }
                 }
@@ -718,6 +744,21 @@ mod tests {
         cf8_write(&pio, 1, 4, 0);
         assert!(pci.lock().unwrap().mapped_bars(1).is_empty());
         assert!(mmio.resolve(0x2_8000_0000).is_none());
+    }
+
+    /// A guest that keeps moving a BAR onto ECAM gets it unmapped every time, and every time is
+    /// counted, but only the first few reach the log at warn level.
+    #[test]
+    fn unmapped_bars_are_counted_and_the_log_is_bounded() {
+        let (mmio, pci, pio, _dev, _) = setup();
+        cf8_write(&pio, 1, 4, 0x6);
+        for _ in 0..100 {
+            cf8_write(&pio, 1, 0x18, 0xe000_0000);
+            cf8_write(&pio, 1, 0x18, 0xc000_4000);
+        }
+        assert_eq!(pci.lock().unwrap().unmapped, 100);
+        assert!(UNMAPPED_WARNINGS < 100);
+        assert_eq!(mmio.resolve(0xc000_4000).map(|r| r.0), Some(0xc000_4000));
     }
 
     #[test]

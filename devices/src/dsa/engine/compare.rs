@@ -77,7 +77,20 @@ pub fn compare_pattern<M: GuestMemory + ?Sized>(
             let len = (n - off).min(mem::CHUNK as u64) as usize;
             let a = buf.get_mut(..len).ok_or_else(OpResult::broken)?;
             mem::read(mem, desc.src + off, a).map_err(|_| OpResult::broken())?;
-            if let Some(i) = a.iter().enumerate().position(|(i, x)| *x != pat[i % 8]) {
+            // Word by word (a byte-serial scan made compare-pattern batches slow,
+            // docs/dsa-device-model.md §15); only the last chunk has a tail.
+            let mut words = a.chunks_exact(8);
+            let tail = words.remainder();
+            let word = words.position(|w| w != pat.as_slice());
+            let first = match word {
+                Some(w) => Some(8 * w),
+                None => tail
+                    .iter()
+                    .zip(pat.iter())
+                    .position(|(x, p)| x != p)
+                    .map(|i| len - tail.len() + i),
+            };
+            if let Some(i) = first {
                 let at = off + i as u64;
                 return Ok(Some(if at < whole { at - at % 8 } else { at }));
             }

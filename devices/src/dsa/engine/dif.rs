@@ -43,8 +43,11 @@ pub const ERR_ALL_F: u8 = 0x08;
 
 const T10_POLY: u16 = 0x8BB7;
 
-const fn t10_table() -> [u16; 256] {
-    let mut t = [0u16; 256];
+/// Slicing-by-8 tables: `T10_TABLES[k][i]` is the CRC (from 0) of byte `i` followed by `k` zero
+/// bytes, so eight bytes are folded in at once. A byte-serial walk ran at ~350 MB/s and made a
+/// batch of DIF operations the slowest descriptor (docs/dsa-device-model.md §15).
+const fn t10_tables() -> [[u16; 256]; 8] {
+    let mut t = [[0u16; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = (i as u16) << 8;
@@ -57,19 +60,49 @@ const fn t10_table() -> [u16; 256] {
             };
             b += 1;
         }
-        t[i] = c;
+        t[0][i] = c;
         i += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev << 8) ^ t[0][(prev >> 8) as usize];
+            i += 1;
+        }
+        k += 1;
     }
     t
 }
 
-static T10_TABLE: [u16; 256] = t10_table();
+static T10_TABLES: [[u16; 256]; 8] = t10_tables();
+
+/// `T10_TABLES[K][i]`: `K` < 8 and `i` < 256, so the lookups need no bounds checks.
+#[inline(always)]
+fn t10<const K: usize>(i: u8) -> u16 {
+    T10_TABLES[K][usize::from(i)]
+}
 
 /// CRC16 T10-DIF update (MSB-first, no reflection) from `crc`.
 pub fn crc16_t10dif(mut crc: u16, data: &[u8]) -> u16 {
-    for &b in data {
-        let idx = usize::from(((crc >> 8) as u8) ^ b);
-        crc = (crc << 8) ^ T10_TABLE.get(idx).copied().unwrap_or(0);
+    let words = data.chunks_exact(8);
+    let tail = words.remainder();
+    for w in words {
+        let mut q = [0u8; 8];
+        q.copy_from_slice(w);
+        let [hi, lo] = crc.to_be_bytes();
+        crc = t10::<7>(q[0] ^ hi)
+            ^ t10::<6>(q[1] ^ lo)
+            ^ t10::<5>(q[2])
+            ^ t10::<4>(q[3])
+            ^ t10::<3>(q[4])
+            ^ t10::<2>(q[5])
+            ^ t10::<1>(q[6])
+            ^ t10::<0>(q[7]);
+    }
+    for &b in tail {
+        crc = (crc << 8) ^ t10::<0>(((crc >> 8) as u8) ^ b);
     }
     crc
 }

@@ -45,9 +45,13 @@ pub fn check<M: GuestMemory + ?Sized>(
         addr: addr.wrapping_add(done),
         write,
     };
-    // A range that wraps the 64-bit address space faults where it wraps.
+    // A range that wraps the 64-bit address space: its part up to 2^64 - 1 first (guest RAM
+    // never reaches that high, so that is where it faults, at `addr` itself), else where it
+    // wraps. `addr` > 0 here, so `head` is not 0 and does not wrap.
     if addr.checked_add(len - 1).is_none() {
-        return Err(fault(0u64.wrapping_sub(addr)));
+        let head = 0u64.wrapping_sub(addr);
+        check(mem, addr, head, write)?;
+        return Err(fault(head));
     }
     let Ok(count) = usize::try_from(len) else {
         return Err(fault(0));
@@ -351,7 +355,19 @@ mod tests {
                 write: false
             })
         );
-        assert!(check(&m, u64::MAX - 3, 8, false).is_err());
+        // A wrapping range faults at its first byte that is not RAM: its start, not 0 (where
+        // it wraps to, which is RAM here).
+        assert_eq!(
+            check(&m, u64::MAX - 3, 8, false),
+            Err(Fault {
+                addr: u64::MAX - 3,
+                write: false
+            })
+        );
+        assert_eq!(
+            check(&m, u64::MAX, 2, true).map_err(|f| f.addr),
+            Err(u64::MAX)
+        );
         assert_eq!(check(&m, u64::MAX, 0, false), Ok(()));
     }
 

@@ -41,6 +41,17 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// Reads a 16-bit word from an I/O port.
+#[inline]
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in ax, dx", out("ax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
 /// Reads a 32-bit word from an I/O port.
 #[inline]
 pub fn inl(port: u16) -> u32 {

@@ -465,20 +465,28 @@ impl Dsa {
         self.cfg
             .w16(d, f, c, self.cfg.r16(d, f, c) | 0x8000 | 0x4000);
         for e in 0..self.msix_entries.min(MAX_VECTORS as u16) {
-            let a = self.msix_table + 16 * u64::from(e);
-            if rd32(a + 12) & 1 != 1 {
+            if rd32(self.msix_table + 16 * u64::from(e) + 12) & 1 != 1 {
                 return Err(err_hex("MSI-X entry not masked at reset:", u64::from(e)));
             }
-            wr32(a, 0xfee0_0000 | ((apic & 0xff) << 12));
-            wr32(a + 4, 0);
-            wr32(a + 8, u32::from(self.vector(e)));
         }
+        self.msix_program();
         self.cfg.w16(d, f, c, self.cfg.r16(d, f, c) & !0x4000);
         if self.cfg.r16(d, f, c) & 0xc000 != 0x8000 {
             return Err(err("MSI-X enable/function mask did not stick"));
         }
         self.unmask(0, true);
         Ok(())
+    }
+
+    /// Writes every MSI-X entry's message: address 0xfee00000 | apic << 12, data = its vector
+    /// (the mask bits are left as they are).
+    pub fn msix_program(&self) {
+        for e in 0..self.msix_entries.min(MAX_VECTORS as u16) {
+            let a = self.msix_table + 16 * u64::from(e);
+            wr32(a, 0xfee0_0000 | ((self.apic & 0xff) << 12));
+            wr32(a + 4, 0);
+            wr32(a + 8, u32::from(self.vector(e)));
+        }
     }
 
     /// Masks or unmasks MSI-X entry `e` (request_irq / free_irq).
@@ -504,16 +512,9 @@ impl Dsa {
             return Err(err("device halted at probe"));
         }
         // Probe reset: polled, CMD bit 31 clear (traps 4/5).
-        self.w32(CMD, cmd_word(CMD_RESET_DEVICE, 0, false));
-        let deadline = Deadline::after_ms(500);
-        while self.r32(CMDSTS) & (1 << 31) != 0 {
-            if deadline.passed() {
-                return Err(err("probe reset: CMDSTS.active never clears"));
-            }
-            pause();
-        }
-        if self.r32(CMDSTS) & 0xff != 0 {
-            return Err(err_hex("probe reset CMDSTS", u64::from(self.r32(CMDSTS))));
+        let sts = self.cmd_polled(CMD_RESET_DEVICE, 0)?;
+        if sts & 0xff != 0 {
+            return Err(err_hex("probe reset CMDSTS", u64::from(sts)));
         }
         if self.r32(INTCAUSE) != 0 {
             return Err(err("INTCAUSE set by a polled command (trap 5)"));
@@ -577,6 +578,23 @@ impl Dsa {
         Ok(version)
     }
 
+    /// A command written without CMD bit 31 (the probe reset, trap 5): polls CMDSTS.active for
+    /// up to 500 ms and returns CMDSTS. Raises no interrupt, so it also works with MSI-X masked.
+    pub fn cmd_polled(&self, code: u32, operand: u32) -> Res<u32> {
+        self.w32(CMD, cmd_word(code, operand, false));
+        let deadline = Deadline::after_ms(500);
+        while self.r32(CMDSTS) & (1 << 31) != 0 {
+            if deadline.passed() {
+                return Err(err_hex(
+                    "polled command: CMDSTS.active never clears, CMD",
+                    u64::from(code),
+                ));
+            }
+            pause();
+        }
+        Ok(self.r32(CMDSTS))
+    }
+
     /// `idxd_cmd_exec` with an interrupt: CMD with bit 31, then wait for
     /// vector 0, read INTCAUSE (must be exactly the command bit, section
     /// 2.12), W1C it, read CMDSTS (section 4.4).
@@ -630,7 +648,7 @@ impl Dsa {
     }
 
     /// WQCFG dword address.
-    fn wq_reg(&self, wq: u32, dword: u64) -> u64 {
+    pub fn wq_reg(&self, wq: u32, dword: u64) -> u64 {
         self.wqcfg + u64::from(wq) * self.wqcfg_size + 4 * dword
     }
 

@@ -8,7 +8,8 @@
 //!
 //! Cases are named `dsa<N>_<area>` (N = device index). Operations whose
 //! OPCAP bit is clear report `skipped opcode not advertised` (after checking
-//! that the device really rejects them with status 0x10).
+//! that the device really rejects them with status 0x10). In hostile mode the
+//! cases of [`crate::hostile`] run on each device first.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,37 +22,37 @@ use crate::tests::{info, Outcome, Runner};
 use crate::time::tsc_hz;
 
 // Opcodes (docs/dsa-device-model.md §6.3).
-const OP_NOP: u8 = 0x00;
-const OP_BATCH: u8 = 0x01;
-const OP_DRAIN: u8 = 0x02;
-const OP_MEMMOVE: u8 = 0x03;
-const OP_FILL: u8 = 0x04;
-const OP_COMPARE: u8 = 0x05;
-const OP_COMPVAL: u8 = 0x06;
-const OP_CR_DELTA: u8 = 0x07;
-const OP_AP_DELTA: u8 = 0x08;
-const OP_DUALCAST: u8 = 0x09;
-const OP_CRCGEN: u8 = 0x10;
-const OP_COPY_CRC: u8 = 0x11;
-const OP_DIF_CHECK: u8 = 0x12;
-const OP_DIF_INS: u8 = 0x13;
-const OP_DIF_STRP: u8 = 0x14;
-const OP_DIF_UPDT: u8 = 0x15;
-const OP_CFLUSH: u8 = 0x20;
+pub(crate) const OP_NOP: u8 = 0x00;
+pub(crate) const OP_BATCH: u8 = 0x01;
+pub(crate) const OP_DRAIN: u8 = 0x02;
+pub(crate) const OP_MEMMOVE: u8 = 0x03;
+pub(crate) const OP_FILL: u8 = 0x04;
+pub(crate) const OP_COMPARE: u8 = 0x05;
+pub(crate) const OP_COMPVAL: u8 = 0x06;
+pub(crate) const OP_CR_DELTA: u8 = 0x07;
+pub(crate) const OP_AP_DELTA: u8 = 0x08;
+pub(crate) const OP_DUALCAST: u8 = 0x09;
+pub(crate) const OP_CRCGEN: u8 = 0x10;
+pub(crate) const OP_COPY_CRC: u8 = 0x11;
+pub(crate) const OP_DIF_CHECK: u8 = 0x12;
+pub(crate) const OP_DIF_INS: u8 = 0x13;
+pub(crate) const OP_DIF_STRP: u8 = 0x14;
+pub(crate) const OP_DIF_UPDT: u8 = 0x15;
+pub(crate) const OP_CFLUSH: u8 = 0x20;
 /// An opcode no DSA defines.
-const OP_UNDEFINED: u8 = 0x0b;
+pub(crate) const OP_UNDEFINED: u8 = 0x0b;
 
 /// Polled flags: CRAV | RCR (as the dmaengine path without interrupt).
-const POLL: u32 = F_CRAV | F_RCR;
+pub(crate) const POLL: u32 = F_CRAV | F_RCR;
 
 /// An address outside guest RAM and every MMIO window (256 GiB).
-const BAD_ADDR: u64 = 0x40_0000_0000;
+pub(crate) const BAD_ADDR: u64 = 0x40_0000_0000;
 
 // Layout of the DMA area (offsets from `selftest_dma`).
 const CRS: u64 = 0x0000; // 128 completion records
 const LIST: u64 = 0x1000; // batch descriptor list
 const DELTA: u64 = 0x2000; // delta record
-const EVL: u64 = 0x3000; // event log (4 KiB per device: 0x3000 + 0x1000 * n, n < 4 -> up to 0x7000)
+pub(crate) const EVL: u64 = 0x3000; // event log (4 KiB per device: 0x3000 + 0x1000 * n, n < 4 -> up to 0x7000)
 const A: u64 = 0x8000;
 const B: u64 = 0x9000;
 const C: u64 = 0xa000;
@@ -65,7 +66,7 @@ fn dma() -> u64 {
     core::ptr::addr_of!(crate::entry::selftest_dma) as u64
 }
 
-fn at(off: u64) -> u64 {
+pub(crate) fn at(off: u64) -> u64 {
     dma() + off
 }
 
@@ -86,7 +87,7 @@ fn rd8(a: u64) -> u8 {
 }
 
 /// Fills `len` bytes (multiple of 8) at `a` with the qword `v`.
-fn fill_q(a: u64, len: u64, v: u64) {
+pub(crate) fn fill_q(a: u64, len: u64, v: u64) {
     // SAFETY: [a, a + len) is inside the DMA area; DF is clear.
     unsafe {
         core::arch::asm!("rep stosq", inout("rcx") len / 8 => _, inout("rdi") a => _,
@@ -95,13 +96,13 @@ fn fill_q(a: u64, len: u64, v: u64) {
 }
 
 /// Copies `len` bytes from `src` to `dst` (non-overlapping).
-fn copy(dst: u64, src: u64, len: u64) {
+pub(crate) fn copy(dst: u64, src: u64, len: u64) {
     // SAFETY: both ranges are inside the DMA area and do not overlap.
     unsafe { crate::mem::memcpy(dst as *mut u8, src as *const u8, len as usize) };
 }
 
 /// Offset of the first difference between [a, a+len) and [b, b+len).
-fn diff(a: u64, b: u64, len: u64) -> Option<u64> {
+pub(crate) fn diff(a: u64, b: u64, len: u64) -> Option<u64> {
     if len == 0 {
         return None;
     }
@@ -117,7 +118,7 @@ fn diff(a: u64, b: u64, len: u64) -> Option<u64> {
 }
 
 /// Writes a pseudo-random pattern (qword granular; `len` multiple of 8).
-fn pattern(a: u64, len: u64, seed: u64) {
+pub(crate) fn pattern(a: u64, len: u64, seed: u64) {
     let mut x = seed | 1;
     let mut i = 0;
     while i < len {
@@ -182,7 +183,7 @@ fn skip(text: &str) -> Outcome {
 }
 
 /// Fails unless the record has status `want`.
-fn expect(what: &str, c: &Cr, want: u8) -> Res<()> {
+pub(crate) fn expect(what: &str, c: &Cr, want: u8) -> Res<()> {
     if c.status == want {
         return Ok(());
     }
@@ -206,14 +207,14 @@ fn data_fail(what: &str, off: u64) -> Line {
 }
 
 /// Checks [a, len) equals [b, len).
-fn same(what: &str, a: u64, b: u64, len: u64) -> Res<()> {
+pub(crate) fn same(what: &str, a: u64, b: u64, len: u64) -> Res<()> {
     match diff(a, b, len) {
         None => Ok(()),
         Some(o) => Err(data_fail(what, o)),
     }
 }
 
-fn to_outcome(r: Res<()>) -> Outcome {
+pub(crate) fn to_outcome(r: Res<()>) -> Outcome {
     match r {
         Ok(()) => Outcome::Ok,
         Err(l) => Outcome::Fail(l),
@@ -341,15 +342,20 @@ fn case_name(dev: usize, area: &str) -> Line {
     l
 }
 
-fn report(r: &mut Runner, dev: usize, area: &str, o: Outcome) {
+pub(crate) fn report(r: &mut Runner, dev: usize, area: &str, o: Outcome) {
     let n = case_name(dev, area);
     // Runner::report takes &str: the name is ASCII built from ASCII parts.
     let name = core::str::from_utf8(n.as_bytes()).unwrap_or("dsa");
     r.report(name, o);
 }
 
-/// Runs every DSA case; returns the number of DSA devices found.
-pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) -> usize {
+/// Runs every DSA case (after the hostile ones of [`crate::hostile`] when `hostile` is given);
+/// returns the number of DSA devices found.
+pub fn run_all(
+    r: &mut Runner,
+    acpi: &AcpiInfo,
+    hostile: Option<&crate::hostile::Options>,
+) -> usize {
     let ecam = acpi
         .mcfg
         .as_ref()
@@ -433,7 +439,8 @@ pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) -> usize {
         },
     );
     if n == 0 {
-        for area in AREAS.iter() {
+        let hostile_areas = crate::hostile::AREAS.iter().filter(|_| hostile.is_some());
+        for area in hostile_areas.chain(AREAS.iter()) {
             report(r, 0, area, skip("no DSA device"));
         }
         return 0;
@@ -456,8 +463,18 @@ pub fn run_all(r: &mut Runner, acpi: &AcpiInfo) -> usize {
             }
             continue;
         }
-        let base = 0xd800_0000 + 0x10_0000 * i as u64;
-        let s = run_device(r, cfg, i, dev, func, base, bsp);
+        let loc = DeviceAt {
+            cfg,
+            index: i,
+            dev,
+            func,
+            base: 0xd800_0000 + 0x10_0000 * i as u64,
+            bsp,
+        };
+        if let Some(h) = hostile {
+            crate::hostile::run_device(r, h, loc);
+        }
+        let s = run_device(r, loc);
         if let Some(slot) = sums.get_mut(i) {
             *slot = s;
         }
@@ -567,20 +584,39 @@ fn summary_table(sums: &[Summary]) {
     }
 }
 
-/// Brings up device `i` and runs its cases.
-fn run_device(
-    r: &mut Runner,
-    cfg: PciCfg,
-    i: usize,
-    dev: u8,
-    func: u8,
-    base: u64,
-    bsp: u32,
-) -> Summary {
+/// Where a DSA function was found and where its BARs go.
+#[derive(Clone, Copy)]
+pub(crate) struct DeviceAt {
+    /// Configuration access.
+    pub cfg: PciCfg,
+    /// Index among the DSAs found.
+    pub index: usize,
+    /// Device number on bus 0.
+    pub dev: u8,
+    /// Function number.
+    pub func: u8,
+    /// BAR0 address to place (BAR2 at + 0x80000).
+    pub base: u64,
+    /// APIC ID of the CPU the MSI-X messages target.
+    pub bsp: u32,
+}
+
+impl DeviceAt {
+    /// The PCI setup, MSI-X and probe of [`Dsa`].
+    pub(crate) fn probe(&self) -> Res<Dsa> {
+        let mut d = Dsa::setup_pci(self.cfg, self.index, self.dev, self.func, self.base)?;
+        d.msix_enable(self.bsp)?;
+        d.probe()?;
+        Ok(d)
+    }
+}
+
+/// Brings up the device at `loc` and runs its cases.
+fn run_device(r: &mut Runner, loc: DeviceAt) -> Summary {
+    let i = loc.index;
     let mut sum = Summary::default();
-    let probed = Dsa::setup_pci(cfg, i, dev, func, base).and_then(|mut d| {
-        d.msix_enable(bsp)?;
-        let v = d.probe()?;
+    let probed = loc.probe().inspect(|d| {
+        let v = d.r32(VERSION);
         info(|l| {
             l.s("dsa")
                 .dec(i as u64)
@@ -601,7 +637,6 @@ fn run_device(
                 .s(" msix=")
                 .dec(u64::from(d.msix_entries));
         });
-        Ok(d)
     });
     let mut d = match probed {
         Ok(d) => {
@@ -695,7 +730,7 @@ fn run_device(
 }
 
 /// Configures one group per engine/WQ set, enables the device and every WQ.
-fn bring_up(d: &mut Dsa, evl: u64) -> Res<()> {
+pub(crate) fn bring_up(d: &mut Dsa, evl: u64) -> Res<()> {
     d.enable_device(evl)?;
     // Section 12.2: WQCFG of wq0 as accel-config leaves it (size, dedicated, priority 1,
     // 2 MiB, batch 32).
@@ -732,7 +767,7 @@ fn bring_up(d: &mut Dsa, evl: u64) -> Res<()> {
 }
 
 /// The WQ operation `k` runs on (rotates over the WQs).
-fn wq_for(d: &Dsa, k: u32) -> u32 {
+pub(crate) fn wq_for(d: &Dsa, k: u32) -> u32 {
     k % d.num_wqs.max(1)
 }
 

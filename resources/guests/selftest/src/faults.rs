@@ -256,6 +256,23 @@ fn try_user(sym: *const u8, a: u64, b: u64) -> Probe {
     (faulted != 0).then(last_fault)
 }
 
+/// MOVDIR64B of the 64 bytes at `src` to `dst` at CPL 0 with exceptions caught: the vector
+/// and error code of the one it raised, if any (for `crate::hostile`).
+pub(crate) fn kernel_movdir64b(dst: u64, src: u64) -> Option<(u64, u64)> {
+    try_kernel(selftest_k_movdir64b, dst, src).map(|f| (f.vector, f.error))
+}
+
+/// MOVDIRI of the low `bytes` (4 or 8) of `value` to `dst` at CPL 0, as
+/// [`kernel_movdir64b`].
+pub(crate) fn kernel_movdiri(bytes: u64, dst: u64, value: u64) -> Option<(u64, u64)> {
+    let f = if bytes == 4 {
+        selftest_k_movdiri32
+    } else {
+        selftest_k_movdiri64
+    };
+    try_kernel(f, dst, value).map(|f| (f.vector, f.error))
+}
+
 /// Whether MOVDIR64B (to RAM, at CPL 0) executed in the first probe.
 static HAS_MOVDIR64B: AtomicBool = AtomicBool::new(false);
 /// Whether MOVDIRI (to RAM, at CPL 0) executed in the first probe.

@@ -27,6 +27,7 @@ mod e820;
 mod entry;
 mod faults;
 mod fmt;
+mod hostile;
 mod idt;
 mod mem;
 mod pci;

@@ -50,16 +50,7 @@ impl PciCfg {
 
     /// Writes a word with a 16-bit access (ECAM) or a 16-bit port write.
     pub fn w16(&self, dev: u8, func: u8, reg: u16, v: u16) {
-        match self.ecam_addr(dev, func, reg) {
-            // SAFETY: as in `r32`; the address keeps bit 1 of `reg` (word aligned).
-            Some(a) => unsafe {
-                core::ptr::write_volatile((a + u64::from(reg & 2)) as *mut u16, v)
-            },
-            None => {
-                outl(0xcf8, type1(dev, func, reg));
-                crate::cpu::outw(0xcfc + (reg & 2), v);
-            }
-        }
+        self.write_sized(dev, func, reg, 2, u32::from(v), false);
     }
 
     /// Reads a dword through the type-1 ports.
@@ -72,6 +63,58 @@ impl PciCfg {
     pub fn io_w32(&self, dev: u8, func: u8, reg: u16, v: u32) {
         outl(0xcf8, type1(dev, func, reg));
         outl(0xcfc, v);
+    }
+
+    /// Writes `size` (1, 2 or 4) bytes of `v` at byte `reg` (naturally aligned down), through
+    /// ECAM or, with `ports` or without ECAM, through 0xCF8/0xCFC; `reg` up to 0xfff (ECAM) or
+    /// 0xff (ports).
+    pub fn write_sized(&self, dev: u8, func: u8, reg: u16, size: u8, v: u32, ports: bool) {
+        let reg = reg & !(u16::from(size).max(1) - 1);
+        match self.ecam_addr(dev, func, reg).filter(|_| !ports) {
+            // SAFETY: as in `r32`; `a` keeps the low bits of `reg`, aligned to `size`.
+            Some(a) => unsafe {
+                let a = a + u64::from(reg & 3);
+                match size {
+                    1 => core::ptr::write_volatile(a as *mut u8, v as u8),
+                    2 => core::ptr::write_volatile(a as *mut u16, v as u16),
+                    _ => core::ptr::write_volatile(a as *mut u32, v),
+                }
+            },
+            None => {
+                outl(0xcf8, type1(dev, func, reg));
+                let port = 0xcfc + (reg & 3);
+                match size {
+                    1 => crate::cpu::outb(port, v as u8),
+                    2 => crate::cpu::outw(port, v as u16),
+                    _ => outl(port, v),
+                }
+            }
+        }
+    }
+
+    /// Reads `size` (1, 2 or 4) bytes at byte `reg`, as [`Self::write_sized`] writes them.
+    pub fn read_sized(&self, dev: u8, func: u8, reg: u16, size: u8, ports: bool) -> u32 {
+        let reg = reg & !(u16::from(size).max(1) - 1);
+        match self.ecam_addr(dev, func, reg).filter(|_| !ports) {
+            // SAFETY: as in `write_sized`.
+            Some(a) => unsafe {
+                let a = a + u64::from(reg & 3);
+                match size {
+                    1 => u32::from(core::ptr::read_volatile(a as *const u8)),
+                    2 => u32::from(core::ptr::read_volatile(a as *const u16)),
+                    _ => core::ptr::read_volatile(a as *const u32),
+                }
+            },
+            None => {
+                outl(0xcf8, type1(dev, func, reg));
+                let port = 0xcfc + (reg & 3);
+                match size {
+                    1 => u32::from(crate::cpu::inb(port)),
+                    2 => u32::from(crate::cpu::inw(port)),
+                    _ => inl(port),
+                }
+            }
+        }
     }
 
     /// Finds capability `id` in the list; returns its offset.

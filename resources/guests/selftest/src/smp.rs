@@ -3,8 +3,9 @@
 //! INIT, SIPI, SIPI, and checks in from Rust (`ap_main`) in long mode.
 //! APs then wait for work: they halt with interrupts enabled, and the BSP
 //! posts a job generation and wakes them with a fixed IPI ([`WAKE_VECTOR`],
-//! a counting stub); each AP runs [`crate::dsatest::ap_work`] once per
-//! generation and reports back through [`run_on_aps`].
+//! a counting stub); each AP runs the posted [`Job`] once per generation
+//! ([`crate::dsatest::ap_work`] or [`crate::hostile`]'s flood) and reports
+//! back through [`run_on_aps`].
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -22,6 +23,17 @@ static AP_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 pub const WAKE_VECTOR: u8 = 0x9f;
 /// Job generation posted by the BSP (0: none yet).
 static JOB_GEN: AtomicU32 = AtomicU32::new(0);
+/// The [`Job`] of the current generation.
+static JOB_KIND: AtomicU32 = AtomicU32::new(0);
+
+/// What the APs run for a job generation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// [`crate::dsatest::ap_work`]: checked copies through the device.
+    DsaCopies = 0,
+    /// [`crate::hostile::ap_flood`]: a descriptor flood of one WQ.
+    HostileFlood = 1,
+}
 /// Last job generation each AP finished, by trampoline index.
 static JOB_DONE: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
@@ -41,7 +53,11 @@ extern "C" fn ap_main(index: u32) -> ! {
         crate::cpu::cli();
         let gen = JOB_GEN.load(Ordering::Acquire);
         if gen != done {
-            crate::dsatest::ap_work(index as usize);
+            if JOB_KIND.load(Ordering::Acquire) == Job::HostileFlood as u32 {
+                crate::hostile::ap_flood(index as usize);
+            } else {
+                crate::dsatest::ap_work(index as usize);
+            }
             done = gen;
             if let Some(d) = JOB_DONE.get(index as usize) {
                 d.store(gen, Ordering::Release);
@@ -62,10 +78,16 @@ pub fn for_each_online_index(mut f: impl FnMut(usize)) {
     }
 }
 
-/// Posts a new job generation, wakes every online AP, runs `bsp_share` on the
-/// BSP meanwhile, then waits up to `timeout_ms` for the APs; returns how many
-/// APs finished.
+/// Posts a new job generation of [`Job::DsaCopies`], wakes every online AP,
+/// runs `bsp_share` on the BSP meanwhile, then waits up to `timeout_ms` for
+/// the APs; returns how many APs finished.
 pub fn run_on_aps(timeout_ms: u64, bsp_share: impl FnOnce()) -> usize {
+    run_job_on_aps(Job::DsaCopies, timeout_ms, bsp_share)
+}
+
+/// [`run_on_aps`] with the APs running `job`.
+pub fn run_job_on_aps(job: Job, timeout_ms: u64, bsp_share: impl FnOnce()) -> usize {
+    JOB_KIND.store(job as u32, Ordering::Release);
     let gen = JOB_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
     for (i, s) in AP_IDS.iter().enumerate() {
         let v = s.load(Ordering::Acquire);

@@ -13,6 +13,8 @@ use crate::{apic, cpu, cpuid, phys, serial, smp};
 pub enum Outcome {
     /// Passed.
     Ok,
+    /// Passed, with a detail printed after `ok` (e.g. `ops=N`).
+    OkWith(Line),
     /// Failed, with the reason.
     Fail(Line),
     /// Not applicable here, with the reason.
@@ -69,6 +71,10 @@ impl Runner {
             Outcome::Ok => {
                 self.passed += 1;
                 l.s("ok");
+            }
+            Outcome::OkWith(d) => {
+                self.passed += 1;
+                l.s("ok ").raw(d.as_bytes());
             }
             Outcome::Fail(r) => {
                 self.failed += 1;
@@ -140,7 +146,7 @@ pub struct Ctx<'a> {
 }
 
 /// Parses a numeric command line key; a malformed value is an error.
-fn num_key(boot: &BootInfo, key: &str) -> Result<Option<u64>, Line> {
+pub(crate) fn num_key(boot: &BootInfo, key: &str) -> Result<Option<u64>, Line> {
     match boot.key(key) {
         None => Ok(None),
         Some(v) => parse_dec(v).map(Some).ok_or_else(|| {
@@ -195,7 +201,14 @@ pub fn run_all(boot: &mut BootInfo, kernel: (u64, u64), start: u64) -> Runner {
     r.report("smp", case_smp(&ctx, &acpi));
     r.report("memory", case_memory(&ctx));
     r.report("timer_interrupt", case_timer());
-    let dsa = crate::dsatest::run_all(&mut r, &acpi);
+    let hostile = match crate::hostile::Options::from_boot(boot, kernel) {
+        Ok(h) => h,
+        Err(e) => {
+            r.report("hostile_options", Outcome::Fail(e));
+            None
+        }
+    };
+    let dsa = crate::dsatest::run_all(&mut r, &acpi, hostile.as_ref());
     crate::faults::run_all(&mut r, dsa);
     r
 }
