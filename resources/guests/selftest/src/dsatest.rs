@@ -349,20 +349,28 @@ pub(crate) fn report(r: &mut Runner, dev: usize, area: &str, o: Outcome) {
     r.report(name, o);
 }
 
-/// Runs every DSA case (after the hostile ones of [`crate::hostile`] when `hostile` is given);
-/// returns the number of DSA devices found.
-pub fn run_all(
-    r: &mut Runner,
-    acpi: &AcpiInfo,
-    hostile: Option<&crate::hostile::Options>,
-) -> usize {
+/// What the enumeration of PCI bus 0 found.
+struct Bus0 {
+    /// Configuration access (ECAM from the MCFG when it covers bus 0).
+    cfg: PciCfg,
+    /// (device, function) of each DSA; the first `n` are valid.
+    found: [(u8, u8); 8],
+    /// DSA functions found.
+    n: usize,
+    /// Functions present on bus 0.
+    functions: u64,
+    /// First disagreement between ECAM and 0xCF8/0xCFC, or a bad DSA class code.
+    mismatch: Option<Line>,
+}
+
+/// Enumerates bus 0 through ECAM, cross-checked against 0xCF8/0xCFC.
+fn enumerate(acpi: &AcpiInfo) -> Bus0 {
     let ecam = acpi
         .mcfg
         .as_ref()
         .filter(|m| m.segment == 0 && m.bus_start == 0)
         .map(|m| m.base);
     let cfg = PciCfg { ecam };
-    // Enumerate bus 0 through ECAM, cross-checked against 0xCF8/0xCFC.
     let mut found: [(u8, u8); 8] = [(0, 0); 8];
     let mut n = 0;
     let mut mismatch: Option<Line> = None;
@@ -407,6 +415,30 @@ pub fn run_all(
             }
         }
     }
+    Bus0 {
+        cfg,
+        found,
+        n,
+        functions,
+        mismatch,
+    }
+}
+
+/// Runs every DSA case (after the hostile ones of [`crate::hostile`] when `hostile` is given);
+/// returns the number of DSA devices found.
+pub fn run_all(
+    r: &mut Runner,
+    acpi: &AcpiInfo,
+    hostile: Option<&crate::hostile::Options>,
+) -> usize {
+    let Bus0 {
+        cfg,
+        found,
+        n,
+        functions,
+        mismatch,
+    } = enumerate(acpi);
+    let ecam = cfg.ecam;
     info(|l| {
         l.s("pci bus0 functions=")
             .dec(functions)
@@ -463,14 +495,7 @@ pub fn run_all(
             }
             continue;
         }
-        let loc = DeviceAt {
-            cfg,
-            index: i,
-            dev,
-            func,
-            base: 0xd800_0000 + 0x10_0000 * i as u64,
-            bsp,
-        };
+        let loc = DeviceAt::new(cfg, i, (dev, func), bsp);
         if let Some(h) = hostile {
             crate::hostile::run_device(r, h, loc);
         }
@@ -602,6 +627,18 @@ pub(crate) struct DeviceAt {
 }
 
 impl DeviceAt {
+    /// DSA number `index`, found at 00:`dev`.`func`: its BARs go to 0xd800_0000 + `index` MiB.
+    pub(crate) fn new(cfg: PciCfg, index: usize, (dev, func): (u8, u8), bsp: u32) -> Self {
+        DeviceAt {
+            cfg,
+            index,
+            dev,
+            func,
+            base: 0xd800_0000 + 0x10_0000 * index as u64,
+            bsp,
+        }
+    }
+
     /// The PCI setup, MSI-X and probe of [`Dsa`].
     pub(crate) fn probe(&self) -> Res<Dsa> {
         let mut d = Dsa::setup_pci(self.cfg, self.index, self.dev, self.func, self.base)?;
