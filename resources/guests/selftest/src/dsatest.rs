@@ -11,6 +11,8 @@
 //! that the device really rejects them with status 0x10). In hostile mode the
 //! cases of [`crate::hostile`] run on each device first.
 
+pub mod soak;
+
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::acpi::AcpiInfo;

@@ -4,7 +4,7 @@
 //! APs then wait for work: they halt with interrupts enabled, and the BSP
 //! posts a job generation and wakes them with a fixed IPI ([`WAKE_VECTOR`],
 //! a counting stub); each AP runs the posted [`Job`] once per generation
-//! ([`crate::dsatest::ap_work`] or [`crate::hostile`]'s flood) and reports
+//! ([`crate::dsatest::ap_work`], [`crate::hostile`]'s flood or the soak) and reports
 //! back through [`run_on_aps`].
 
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -33,6 +33,8 @@ pub enum Job {
     DsaCopies = 0,
     /// [`crate::hostile::ap_flood`]: a descriptor flood of one WQ.
     HostileFlood = 1,
+    /// [`crate::dsatest::soak::work`]: the AP's share of the soak.
+    Soak = 2,
 }
 /// Last job generation each AP finished, by trampoline index.
 static JOB_DONE: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
@@ -53,8 +55,11 @@ extern "C" fn ap_main(index: u32) -> ! {
         crate::cpu::cli();
         let gen = JOB_GEN.load(Ordering::Acquire);
         if gen != done {
-            if JOB_KIND.load(Ordering::Acquire) == Job::HostileFlood as u32 {
+            let kind = JOB_KIND.load(Ordering::Acquire);
+            if kind == Job::HostileFlood as u32 {
                 crate::hostile::ap_flood(index as usize);
+            } else if kind == Job::Soak as u32 {
+                crate::dsatest::soak::work(index as usize);
             } else {
                 crate::dsatest::ap_work(index as usize);
             }

@@ -199,6 +199,10 @@ pub fn run_all(boot: &mut BootInfo, kernel: (u64, u64), start: u64) -> Runner {
     r.report("acpi", case_acpi(&ctx, &acpi));
     r.report("cpuid_movdir64b", case_movdir64b());
     r.report("smp", case_smp(&ctx, &acpi));
+    if boot.key("selftest.soak").is_some() {
+        crate::dsatest::soak::run(&mut r, boot, &acpi);
+        return r;
+    }
     r.report("memory", case_memory(&ctx));
     r.report("timer_interrupt", case_timer());
     let hostile = match crate::hostile::Options::from_boot(boot, kernel) {
