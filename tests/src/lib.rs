@@ -34,6 +34,7 @@ pub mod qemu;
 pub mod rig;
 pub mod selftest;
 pub mod skip;
+pub mod soak;
 
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
 pub use guest::{IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
