@@ -12,11 +12,12 @@ fn main() {
 }
 
 /// The thread kinds `vmm/src/seccomp.rs` installs a filter for; the JSON must define each.
-const SECCOMP_THREAD_KINDS: [&str; 4] = ["main", "api", "vcpu", "client"];
+const SECCOMP_THREAD_KINDS: [&str; 5] = ["main", "api", "vcpu", "client", "deny_open"];
 
 /// Compiles every filter twice, as written (a forbidden call traps: `--seccomp enforce`) and with
-/// each mismatch action replaced by `log` (`--seccomp log`), into `seccomp_filters.rs`: one
-/// `(code, jt, jf, k)` array per kind and mode.
+/// each `trap` mismatch action replaced by `log` (`--seccomp log`; `deny_open`, whose mismatch is
+/// `allow`, stays as it is), into `seccomp_filters.rs`: one `(code, jt, jf, k)` array per kind
+/// and mode.
 fn compile_seccomp_filters() {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -30,7 +31,9 @@ fn compile_seccomp_filters() {
     let mut log = enforce.clone();
     if let Some(filters) = log.as_object_mut() {
         for filter in filters.values_mut() {
-            filter["mismatch_action"] = serde_json::Value::from("log");
+            if filter["mismatch_action"] == "trap" {
+                filter["mismatch_action"] = serde_json::Value::from("log");
+            }
         }
     }
     let mut out =
@@ -40,6 +43,9 @@ fn compile_seccomp_filters() {
         let map = seccompiler::compile_from_json(bytes.as_slice(), seccompiler::TargetArch::x86_64)
             .unwrap_or_else(|e| panic!("{}: {e}", json_path.display()));
         for kind in SECCOMP_THREAD_KINDS {
+            if mode == "LOG" && kind == "deny_open" {
+                continue; // the same in both modes: only ENFORCE is used
+            }
             let prog = map
                 .get(kind)
                 .unwrap_or_else(|| panic!("{} has no \"{kind}\" filter", json_path.display()));

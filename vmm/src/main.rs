@@ -89,6 +89,9 @@ fn real_main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     if cli.seccomp != SeccompMode::Off {
         seccomp::install_sigsys_handler()?;
+        // A backtrace needs calls no filter allows (getcwd, /proc/self/maps): the message and
+        // location alone, so that a panic is reported as one and not as a seccomp stop.
+        std::panic::set_hook(Box::new(|info| eprintln!("dsavmm: error: panic: {info}")));
     }
     if let Some(Command::Remote { verb }) = &cli.command {
         Filter::new(ThreadKind::Client, cli.seccomp).install()?;
@@ -98,7 +101,14 @@ fn real_main() -> anyhow::Result<i32> {
             .context("remote needs --api-sock PATH")?;
         let out = api::run_remote(sock, verb).map_err(|e| anyhow::anyhow!("{e}"))?;
         if !out.is_empty() {
-            println!("{out}");
+            use std::io::Write;
+            // A closed pipe (`remote ... | head`) is not an error of the request.
+            match writeln!(std::io::stdout(), "{out}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(e).context("cannot write to stdout")
+                }
+                _ => {}
+            }
         }
         return Ok(0);
     }

@@ -9,7 +9,10 @@
 //!
 //! Filters stack: a thread spawned after its parent installed a filter runs under both, so the
 //! main thread's filter also allows what vCPU threads do (they are spawned by it), and the API
-//! thread is spawned before the main thread installs its filter.
+//! thread is spawned before the main thread installs its filter. Threads other than main also get
+//! `deny_open` (installed first, as their own filter forbids `seccomp`), which fails every open
+//! with EACCES: glibc's malloc may open /proc/sys/vm/overcommit_memory from any thread and copes
+//! with the failure, and no other file is theirs to open.
 
 use std::cell::Cell;
 use std::fmt;
@@ -65,6 +68,11 @@ impl ThreadKind {
         }
     }
 
+    /// Whether the thread also gets the `deny_open` filter.
+    fn denies_open(self) -> bool {
+        self != Self::Main
+    }
+
     fn program(self, mode: SeccompMode) -> Option<&'static [(u16, u8, u8, u32)]> {
         use compiled::*;
         Some(match (self, mode) {
@@ -103,38 +111,54 @@ pub enum SeccompError {
     Handler(std::io::Error),
 }
 
-/// A filter ready to install: built before it is needed, so installing allocates nothing.
+/// A thread's filters ready to install: built before they are needed, so installing allocates
+/// nothing.
 pub struct Filter {
     kind: ThreadKind,
-    program: Option<BpfProgram>,
+    /// In installation order (`deny_open` first where it applies); empty for `--seccomp off`.
+    programs: Vec<BpfProgram>,
+}
+
+/// One compiled program as seccompiler's type.
+fn to_program(p: &[(u16, u8, u8, u32)]) -> BpfProgram {
+    p.iter()
+        .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+        .collect()
 }
 
 impl Filter {
     /// The filter of `kind` for `mode` (`Off`: installing does nothing).
     pub fn new(kind: ThreadKind, mode: SeccompMode) -> Filter {
-        let program = kind.program(mode).map(|p| {
-            p.iter()
-                .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
-                .collect()
-        });
-        Filter { kind, program }
+        let mut programs = Vec::new();
+        if let Some(p) = kind.program(mode) {
+            if kind.denies_open() {
+                programs.push(to_program(compiled::DENY_OPEN_ENFORCE));
+            }
+            programs.push(to_program(p));
+        }
+        Filter { kind, programs }
     }
 
-    /// Installs the filter on the calling thread (and the threads it spawns later).
+    /// Installs the filters on the calling thread (and the threads it spawns later).
     pub fn install(&self) -> Result<(), SeccompError> {
-        THREAD_KIND.with(|k| k.set(Some(self.kind)));
-        let Some(program) = &self.program else {
-            return Ok(());
-        };
-        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
-            kind: self.kind,
-            source,
-        })?;
+        self.apply()?;
         tracing::debug!(
-            "seccomp filter of the {} thread installed ({} instructions)",
+            "seccomp filters of the {} thread installed ({} programs)",
             self.kind,
-            program.len()
+            self.programs.len()
         );
+        Ok(())
+    }
+
+    /// [`Filter::install`] without logging: safe in a child after fork (no lock taken).
+    fn apply(&self) -> Result<(), SeccompError> {
+        THREAD_KIND.with(|k| k.set(Some(self.kind)));
+        for program in &self.programs {
+            seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+                kind: self.kind,
+                source,
+            })?;
+        }
         Ok(())
     }
 }

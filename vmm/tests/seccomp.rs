@@ -132,10 +132,10 @@ fn state(sock: &Path) -> Option<String> {
 }
 
 /// The expected `(Seccomp, Seccomp_filters)` of each thread kind with filters on: the API thread
-/// is spawned before the main thread installs its filter; vCPU threads inherit the main
-/// thread's and add their own.
+/// is spawned before the main thread installs its filter and has its own and `deny_open`; vCPU
+/// threads inherit the main thread's and add `deny_open` and their own.
 fn expect_filtered(mode: &str, seen: &Seen) {
-    for (name, want) in [("dsavmm", (2, 1)), ("dsavmm-api", (2, 1)), ("vcpu", (2, 2))] {
+    for (name, want) in [("dsavmm", (2, 1)), ("dsavmm-api", (2, 2)), ("vcpu", (2, 3))] {
         assert_eq!(
             seen.get(name),
             Some(&want),

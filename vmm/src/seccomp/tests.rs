@@ -1,6 +1,6 @@
-//! Each thread kind's compiled filter, installed in a forked child: a forbidden call stops the
-//! process with the message and status of `--seccomp enforce`, runs under `--seccomp log`, and the
-//! calls every thread makes pass.
+//! Each thread kind's compiled filters, installed in a forked child: a forbidden call stops the
+//! process with the message and status of `--seccomp enforce`, runs under `--seccomp log`, the
+//! calls every thread makes pass, and an open fails with EACCES on every thread but main.
 
 use super::*;
 
@@ -33,7 +33,7 @@ fn run_child(kind: ThreadKind, mode: SeccompMode, forbidden: bool) -> Child {
         unsafe {
             libc::dup2(fds[1], 2);
             libc::close(fds[0]);
-            if install_sigsys_handler().is_err() || filter.install().is_err() {
+            if install_sigsys_handler().is_err() || filter.apply().is_err() {
                 libc::_exit(90);
             }
             let mut buf = [0u8; 16];
@@ -55,6 +55,19 @@ fn run_child(kind: ThreadKind, mode: SeccompMode, forbidden: bool) -> Child {
             }
             if forbidden && libc::syscall(FORBIDDEN) <= 0 {
                 libc::_exit(93);
+            }
+            // glibc's malloc open: main may open files, every other kind gets EACCES and lives.
+            let fd = libc::open(
+                c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            let denied = fd < 0 && *libc::__errno_location() == libc::EACCES;
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            let want_denied = kind.denies_open() && mode != SeccompMode::Off;
+            if denied != want_denied {
+                libc::_exit(94);
             }
             libc::_exit(0);
         }
