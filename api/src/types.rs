@@ -612,7 +612,10 @@ mod tests {
         assert!(bad(r#"{"backend":"software","max_batch_shift":11}"#).contains("max_batch_shift"));
         assert!(bad(r#"{"backend":"software","max_xfer_shift":22}"#)
             .contains("max_xfer_shift + max_batch_shift = 22 + 10"));
-        assert!(bad(r#"{"backend":"software","max_xfer_shift":27}"#).contains("max_xfer_shift"));
+        assert!(
+            bad(r#"{"backend":"software","max_xfer_shift":27,"max_batch_shift":5}"#)
+                .contains("max_xfer_shift = 27 is out of range")
+        );
         assert!(bad(r#"{"backend":"hardware"}"#).contains("unknown variant"));
         assert!(bad(r#"{"wqs":1}"#).contains("missing field `backend`"));
         assert!(bad(r#"{"backend":"software","bogus":1}"#).contains("unknown field `bogus`"));

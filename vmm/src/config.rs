@@ -190,7 +190,16 @@ mod tests {
             ..max
         };
         assert!(widest.validate().is_ok());
-        const { assert!(l::MAX_WORK_SHIFT - l::MIN_BATCH_SHIFT <= l::MAX_XFER_SHIFT) };
+        const { assert!(l::MAX_WORK_SHIFT - l::MIN_BATCH_SHIFT == l::MAX_XFER_SHIFT) };
+        // The transfer-shift range itself (not the sum rule): one above the widest is refused.
+        let mut too_wide = widest;
+        too_wide.max_xfer_shift += 1;
+        assert_eq!(
+            too_wide.validate(),
+            Err(devices::dsa::DsaConfigError::MaxXferShift(
+                widest.max_xfer_shift + 1
+            ))
+        );
         let min = DsaConfig {
             wqs: 1,
             engines: 1,

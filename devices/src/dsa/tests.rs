@@ -154,6 +154,16 @@ fn config_validation() {
         .validate(),
         Err(DsaConfigError::MaxXferShift(20))
     );
+    // Above the range, with a batch small enough that the sum rule holds.
+    assert_eq!(
+        DsaConfig {
+            max_xfer_shift: 27,
+            max_batch_shift: 5,
+            ..d
+        }
+        .validate(),
+        Err(DsaConfigError::MaxXferShift(27))
+    );
     assert_eq!(
         DsaConfig {
             max_batch_shift: 4,
