@@ -12,7 +12,8 @@ fn main() {
 }
 
 /// The thread kinds `vmm/src/seccomp.rs` installs a filter for; the JSON must define each.
-const SECCOMP_THREAD_KINDS: [&str; 5] = ["main", "api", "vcpu", "client", "deny_open"];
+const SECCOMP_THREAD_KINDS: [&str; 6] =
+    ["main", "api", "vcpu", "client", "dsa_server", "deny_open"];
 
 /// Compiles every filter twice, as written (a forbidden call traps: `--seccomp enforce`) and with
 /// each `trap` mismatch action replaced by `log` (`--seccomp log`; `deny_open`, whose mismatch is

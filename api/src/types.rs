@@ -219,6 +219,20 @@ impl Validate for BootSource {
 pub enum DsaBackend {
     /// The VMM's software engine.
     Software,
+    /// A vfio-user server (`dsavmm dsa-server`) at `socket`.
+    #[serde(rename = "vfio-user")]
+    VfioUser,
+}
+
+/// How a vfio-user device's portal BAR reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortalMode {
+    /// The server's shared portal pages mapped into the guest (no exit per descriptor where
+    /// the CPU executes MOVDIR64B).
+    Mapped,
+    /// Every portal store is a message to the server.
+    Trapped,
 }
 
 fn default_wqs() -> u32 {
@@ -266,6 +280,12 @@ pub struct DsaDeviceConfig {
     /// GENCAP.max_batch_shift: the largest batch is 2^n descriptors, 5..=10.
     #[serde(default = "default_batch_shift")]
     pub max_batch_shift: u32,
+    /// vfio-user only: the server's socket (the geometry is then the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// vfio-user only: how the portal BAR reaches the server (default mapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<PortalMode>,
 }
 
 impl Default for DsaDeviceConfig {
@@ -278,12 +298,39 @@ impl Default for DsaDeviceConfig {
             total_wq_size: DEFAULT_TOTAL_WQ_SIZE,
             max_xfer_shift: DEFAULT_XFER_SHIFT,
             max_batch_shift: DEFAULT_BATCH_SHIFT,
+            socket: None,
+            portal: None,
         }
     }
 }
 
 impl Validate for DsaDeviceConfig {
     fn validate(&self) -> Result<(), ApiError> {
+        match (self.backend, &self.socket) {
+            (DsaBackend::VfioUser, None) => {
+                return Err(ApiError::BadRequest(
+                    "backend vfio-user needs socket (the dsa-server's path)".into(),
+                ))
+            }
+            (DsaBackend::VfioUser, Some(s))
+                if s.is_empty() || s.len() > 4096 || s.contains('\0') =>
+            {
+                return Err(ApiError::BadRequest(
+                    "socket must be a path of 1..=4096 bytes".into(),
+                ))
+            }
+            (DsaBackend::Software, Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "socket is for backend vfio-user only".into(),
+                ))
+            }
+            (DsaBackend::Software, None) if self.portal.is_some() => {
+                return Err(ApiError::BadRequest(
+                    "portal is for backend vfio-user only".into(),
+                ))
+            }
+            _ => {}
+        }
         check_range("wqs", self.wqs, 1, MAX_WQS)?;
         check_range("engines", self.engines, 1, MAX_ENGINES)?;
         check_range("groups", self.groups, 1, MAX_GROUPS)?;

@@ -5,3 +5,4 @@ pub mod bus;
 pub mod dsa;
 pub mod legacy;
 pub mod pci;
+pub mod vfio_user;

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use devices::dsa::DsaConfig;
-
-use crate::config::SerialMode;
+use crate::config::{DsaSpec, SerialMode};
 use crate::seccomp::SeccompMode;
 
 /// dsavmm: a KVM virtual machine monitor with a virtual Intel DSA.
@@ -53,12 +51,42 @@ pub enum Command {
         #[command(subcommand)]
         verb: api::RemoteCommand,
     },
+    /// Serve a virtual DSA to vfio-user clients (`dsavmm --dsa backend=vfio-user,socket=PATH`,
+    /// QEMU's `-device vfio-user-pci`): one device of this geometry per client.
+    DsaServer(DsaServerArgs),
     /// Write the built-in self-test guest ELF to a file (to boot it with `run` or another VMM).
     SelftestImage {
         /// Output path.
         #[arg(long)]
         output: PathBuf,
     },
+}
+
+/// `dsavmm dsa-server`.
+#[derive(Args, Debug)]
+pub struct DsaServerArgs {
+    /// The UNIX socket to listen on (a stale one is replaced, a live one is an error).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Work queues, 1..=8.
+    #[arg(long, default_value_t = 8)]
+    pub wqs: u8,
+    /// Engines, 1..=4.
+    #[arg(long, default_value_t = 4)]
+    pub engines: u8,
+    /// Groups, 1..=4.
+    #[arg(long, default_value_t = 4)]
+    pub groups: u8,
+    /// Sum of all WQ sizes (WQCAP.total_wq_size), wqs..=128.
+    #[arg(long = "wq-size", default_value_t = 128)]
+    pub wq_size: u16,
+    /// Clients served at once, each with a device of its own.
+    #[arg(long, default_value_t = 1)]
+    pub max_clients: usize,
+    /// BAR2 as offered to clients: mapped (shared pages a client may mmap, besides trapped
+    /// stores) or trapped (region writes only).
+    #[arg(long, default_value = "mapped")]
+    pub portals: devices::vfio_user::client::PortalMode,
 }
 
 /// `dsavmm selftest`.
@@ -89,10 +117,11 @@ pub struct MachineArgs {
     /// Guest console: stdout, none, or a file path.
     #[arg(long, default_value = "stdout")]
     pub serial: SerialMode,
-    /// Attach a virtual DSA: `backend=software[,wqs=N][,engines=N][,groups=N][,wq-size=N]`
-    /// (repeatable: one PCI device each).
+    /// Attach a virtual DSA: `backend=software[,wqs=N][,engines=N][,groups=N][,wq-size=N]`, or
+    /// `backend=vfio-user,socket=PATH[,portal=mapped|trapped]` for one a `dsavmm dsa-server`
+    /// serves (repeatable: one PCI device each).
     #[arg(long = "dsa", value_name = "SPEC")]
-    pub dsa: Vec<DsaConfig>,
+    pub dsa: Vec<DsaSpec>,
     /// MOVDIR64B in the guest CPUID: auto (when the host CPU executes it), on, or off.
     #[arg(long, value_enum, default_value_t = Movdir64b::Auto)]
     pub movdir64b: Movdir64b,

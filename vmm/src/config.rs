@@ -63,7 +63,57 @@ pub struct VmSpec {
     /// Console destination.
     pub serial: SerialMode,
     /// Virtual DSA devices, in PCI slot order.
-    pub dsa: Vec<devices::dsa::DsaConfig>,
+    pub dsa: Vec<DsaSpec>,
+}
+
+/// One virtual DSA: the in-process software engine, or a device a vfio-user server serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DsaSpec {
+    /// `backend=software,...`: the device model and engine in this process.
+    Software(devices::dsa::DsaConfig),
+    /// `backend=vfio-user,socket=PATH[,portal=mapped|trapped]`.
+    VfioUser {
+        /// The server's socket.
+        socket: PathBuf,
+        /// How BAR2 reaches the server.
+        portal: devices::vfio_user::client::PortalMode,
+    },
+}
+
+impl std::str::FromStr for DsaSpec {
+    type Err = String;
+
+    /// The CLI's `--dsa` value: `backend=vfio-user,socket=PATH[,portal=mapped|trapped]`, or
+    /// anything [`devices::dsa::DsaConfig`] parses.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let kvs: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .collect();
+        if !kvs.contains(&"backend=vfio-user") {
+            return s
+                .parse::<devices::dsa::DsaConfig>()
+                .map(DsaSpec::Software)
+                .map_err(|e| e.to_string());
+        }
+        let (mut socket, mut portal) = (None, Default::default());
+        for kv in kvs {
+            match kv.split_once('=') {
+                Some(("backend", "vfio-user")) => {}
+                Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+                Some(("portal", m)) => portal = m.parse()?,
+                _ => {
+                    return Err(format!(
+                        "bad vfio-user DSA option {kv:?} (backend=vfio-user takes socket=PATH and \
+                         portal=mapped|trapped; the geometry is the server's)"
+                    ))
+                }
+            }
+        }
+        let socket = socket.ok_or("backend=vfio-user needs socket=PATH")?;
+        Ok(DsaSpec::VfioUser { socket, portal })
+    }
 }
 
 /// A value the user gave that cannot work.

@@ -13,8 +13,11 @@ use api::{prometheus_header, prometheus_line, ApiError, ApiReply, ApiRequest, Ap
 use devices::dsa::DsaConfig;
 use devices::legacy::serial::SerialConsole;
 use devices::legacy::{ExitReason, ExitSignal};
+use devices::vfio_user::client::PortalMode;
 
-use crate::config::{check_memory, check_vcpus, host_memory_mib, KernelImage, SerialMode, VmSpec};
+use crate::config::{
+    check_memory, check_vcpus, host_memory_mib, DsaSpec, KernelImage, SerialMode, VmSpec,
+};
 use crate::logger::LogControl;
 use crate::seccomp::SeccompMode;
 use crate::vm::{Vm, VmError};
@@ -56,7 +59,20 @@ fn conflict(what: &str, state: InstanceState) -> ApiError {
 }
 
 /// The device-model configuration for an API one (the API crate validated the ranges).
-pub fn dsa_config_from_api(c: &DsaDeviceConfig) -> Result<DsaConfig, ApiError> {
+pub fn dsa_config_from_api(c: &DsaDeviceConfig) -> Result<DsaSpec, ApiError> {
+    if c.backend == DsaBackend::VfioUser {
+        let socket = c
+            .socket
+            .as_ref()
+            .ok_or_else(|| ApiError::BadRequest("backend vfio-user needs socket".into()))?;
+        return Ok(DsaSpec::VfioUser {
+            socket: socket.into(),
+            portal: match c.portal {
+                Some(api::PortalMode::Trapped) => PortalMode::Trapped,
+                _ => PortalMode::Mapped,
+            },
+        });
+    }
     let narrow = |v: u32, what: &str| {
         u8::try_from(v).map_err(|_| ApiError::BadRequest(format!("{what} {v} is out of range")))
     };
@@ -71,19 +87,32 @@ pub fn dsa_config_from_api(c: &DsaDeviceConfig) -> Result<DsaConfig, ApiError> {
     };
     cfg.validate()
         .map_err(|e| ApiError::BadRequest(format!("invalid DSA configuration: {e}")))?;
-    Ok(cfg)
+    Ok(DsaSpec::Software(cfg))
 }
 
-/// The API view of a device-model configuration.
-pub fn dsa_config_to_api(c: &DsaConfig) -> DsaDeviceConfig {
-    DsaDeviceConfig {
-        backend: DsaBackend::Software,
-        wqs: c.wqs.into(),
-        engines: c.engines.into(),
-        groups: c.groups.into(),
-        total_wq_size: c.total_wq_size.into(),
-        max_xfer_shift: c.max_xfer_shift.into(),
-        max_batch_shift: c.max_batch_shift.into(),
+/// The API view of a device configuration.
+pub fn dsa_config_to_api(spec: &DsaSpec) -> DsaDeviceConfig {
+    match spec {
+        DsaSpec::Software(c) => DsaDeviceConfig {
+            backend: DsaBackend::Software,
+            wqs: c.wqs.into(),
+            engines: c.engines.into(),
+            groups: c.groups.into(),
+            total_wq_size: c.total_wq_size.into(),
+            max_xfer_shift: c.max_xfer_shift.into(),
+            max_batch_shift: c.max_batch_shift.into(),
+            socket: None,
+            portal: None,
+        },
+        DsaSpec::VfioUser { socket, portal } => DsaDeviceConfig {
+            backend: DsaBackend::VfioUser,
+            socket: Some(socket.display().to_string()),
+            portal: Some(match portal {
+                PortalMode::Mapped => api::PortalMode::Mapped,
+                PortalMode::Trapped => api::PortalMode::Trapped,
+            }),
+            ..DsaDeviceConfig::default()
+        },
     }
 }
 
@@ -275,7 +304,7 @@ impl Controller {
     }
 
     /// Adds a device from the CLI (`--dsa`), named by its index.
-    pub fn add_cli_dsa(&mut self, cfg: &DsaConfig) -> Result<(), ApiError> {
+    pub fn add_cli_dsa(&mut self, cfg: &DsaSpec) -> Result<(), ApiError> {
         api::types::check_device_count(self.dsa.len() + 1)?;
         let id = self.dsa.len().to_string();
         self.dsa.push((id, dsa_config_to_api(cfg)));
@@ -289,15 +318,7 @@ impl Controller {
             .position(|(i, _)| i == id)
             .ok_or_else(|| ApiError::NotFound(format!("no DSA device {id:?}")))?;
         let (state, counters) = match self.vm.as_ref().and_then(|vm| vm.dsa.get(idx)) {
-            Some(dev) => {
-                let dev = dev.lock().unwrap_or_else(|e| e.into_inner());
-                (
-                    serde_json::to_value(dev.state())
-                        .map_err(|e| ApiError::Internal(e.to_string()))?,
-                    serde_json::to_value(dev.stats())
-                        .map_err(|e| ApiError::Internal(e.to_string()))?,
-                )
-            }
+            Some(dev) => dev.state_and_counters(),
             None => (serde_json::Value::Null, serde_json::Value::Null),
         };
         Ok(ApiReply::DsaDevice(DsaDeviceInfo {
@@ -484,12 +505,7 @@ impl Controller {
             .dsa
             .iter()
             .zip(&vm.dsa)
-            .map(|((id, _), d)| {
-                (
-                    id.clone(),
-                    d.lock().unwrap_or_else(|e| e.into_inner()).stats(),
-                )
-            })
+            .map(|((id, _), d)| (id.clone(), d.stats()))
             .collect();
         let scalar: [(&str, &str, StatGetter); 11] = [
             (
@@ -568,6 +584,41 @@ impl Controller {
                     &[("device", id), ("status", st)],
                     *n,
                 ));
+            }
+        }
+        // vfio-user devices: portal stores that exited to dsavmm (0 per descriptor when the
+        // portal is mapped and the CPU executes MOVDIR64B), register messages.
+        let clients: Vec<_> = self
+            .dsa
+            .iter()
+            .zip(&vm.dsa)
+            .filter_map(|((id, _), d)| Some((id.clone(), d.client_stats()?)))
+            .collect();
+        type ClientGetter = fn(&devices::vfio_user::client::ClientStats) -> u64;
+        let client_counters: [(&str, &str, ClientGetter); 3] = [
+            (
+                "dsavmm_dsa_portal_exits_total",
+                "vfio-user: portal stores that exited to dsavmm",
+                |c| c.portal_exits,
+            ),
+            (
+                "dsavmm_dsa_portal_post_drops_total",
+                "vfio-user: emulated portal stores dropped (slot still full)",
+                |c| c.portal_post_drops,
+            ),
+            (
+                "dsavmm_dsa_register_messages_total",
+                "vfio-user: register accesses sent to the server",
+                |c| c.register_messages,
+            ),
+        ];
+        for (name, help, get) in client_counters {
+            if clients.is_empty() {
+                break;
+            }
+            out.push_str(&prometheus_header(name, help, "counter"));
+            for (id, c) in &clients {
+                out.push_str(&prometheus_line(name, &[("device", id)], get(c)));
             }
         }
         out

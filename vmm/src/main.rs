@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod controller;
 mod direct_store;
+mod dsa_handle;
 mod event_loop;
 mod host;
 mod insn;
@@ -120,6 +121,9 @@ fn real_main() -> anyhow::Result<i32> {
     }
 
     let log = Arc::new(LogControl::init(&cli.log_level)?);
+    if let Some(Command::DsaServer(args)) = &cli.command {
+        return dsa_server(args, cli.seccomp);
+    }
     event_loop::install_termination_handlers().context("cannot install signal handlers")?;
 
     let default_machine = MachineArgs {
@@ -160,7 +164,9 @@ fn real_main() -> anyhow::Result<i32> {
             apply_machine(&mut controller, &machine)?;
             if machine.dsa.is_empty() {
                 controller
-                    .add_cli_dsa(&devices::dsa::DsaConfig::default())
+                    .add_cli_dsa(&config::DsaSpec::Software(
+                        devices::dsa::DsaConfig::default(),
+                    ))
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             let vcpus = machine.vcpus as u8;
@@ -226,6 +232,39 @@ fn real_main() -> anyhow::Result<i32> {
             .start()?;
     }
     Ok(events.run())
+}
+
+/// `dsavmm dsa-server`: serves until killed.
+fn dsa_server(a: &cli::DsaServerArgs, seccomp: SeccompMode) -> anyhow::Result<i32> {
+    use devices::vfio_user::client::PortalMode;
+    use devices::vfio_user::server::{DsaServer, ServerOptions};
+    let dsa = devices::dsa::DsaConfig {
+        wqs: a.wqs,
+        engines: a.engines,
+        groups: a.groups,
+        total_wq_size: a.wq_size,
+        ..Default::default()
+    };
+    let filter = Arc::new(Filter::new(ThreadKind::DsaServer, seccomp));
+    let server = DsaServer::bind(ServerOptions {
+        socket: a.socket.clone(),
+        dsa,
+        max_clients: a.max_clients,
+        mmap_portals: a.portals == PortalMode::Mapped,
+        thread_start: Some(Arc::new(move |_role| {
+            filter.install().map_err(|e| e.to_string())
+        })),
+    })
+    .with_context(|| format!("dsa-server on {}", a.socket.display()))?;
+    tracing::info!(
+        "dsa-server listening on {} ({dsa:?}, at most {} clients)",
+        a.socket.display(),
+        a.max_clients
+    );
+    server
+        .run(&std::sync::atomic::AtomicBool::new(false))
+        .context("dsa-server")?;
+    Ok(0)
 }
 
 fn main() -> ExitCode {

@@ -51,12 +51,20 @@ pub enum ThreadKind {
     Vcpu,
     /// `dsavmm remote`: an API client.
     Client,
+    /// Every thread of `dsavmm dsa-server` (accept, relay, protocol, portal watcher).
+    DsaServer,
 }
 
 impl ThreadKind {
     /// Every kind, in a fixed order.
     #[cfg(test)]
-    pub const ALL: [ThreadKind; 4] = [Self::Main, Self::Api, Self::Vcpu, Self::Client];
+    pub const ALL: [ThreadKind; 5] = [
+        Self::Main,
+        Self::Api,
+        Self::Vcpu,
+        Self::Client,
+        Self::DsaServer,
+    ];
 
     /// The filter's name in the JSON file.
     pub fn name(self) -> &'static str {
@@ -65,6 +73,7 @@ impl ThreadKind {
             Self::Api => "api",
             Self::Vcpu => "vcpu",
             Self::Client => "client",
+            Self::DsaServer => "dsa_server",
         }
     }
 
@@ -85,6 +94,8 @@ impl ThreadKind {
             (Self::Vcpu, SeccompMode::Log) => VCPU_LOG,
             (Self::Client, SeccompMode::Enforce) => CLIENT_ENFORCE,
             (Self::Client, SeccompMode::Log) => CLIENT_LOG,
+            (Self::DsaServer, SeccompMode::Enforce) => DSA_SERVER_ENFORCE,
+            (Self::DsaServer, SeccompMode::Log) => DSA_SERVER_LOG,
         })
     }
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use arch::layout;
 use devices::bus::Bus;
-use devices::dsa::{DsaConfig, DsaDevice};
+use devices::dsa::DsaDevice;
 use devices::legacy::{
     i8042::I8042, serial::SerialConsole, sleep::AcpiSleep, status_port::StatusPort, ExitReason,
     ExitSignal,
 };
 use devices::pci::kvm_msi::{GsiRouter, KvmMsiSink};
 use devices::pci::{attach_pci_root, PciWindows, SharedPciDevice};
+use devices::vfio_user::client::{RamRegion, VfioUserDsa};
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, KVM_CAP_EXCEPTION_PAYLOAD, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
@@ -27,8 +28,9 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot;
 use crate::config::{
-    check_cmdline, check_memory, check_vcpus, host_memory_mib, SerialMode, VmSpec,
+    check_cmdline, check_memory, check_vcpus, host_memory_mib, DsaSpec, SerialMode, VmSpec,
 };
+use crate::dsa_handle::DsaHandle;
 use crate::seccomp::{Filter, SeccompMode, ThreadKind};
 use crate::vcpu::{PauseGate, Vcpu, VcpuStats};
 
@@ -91,7 +93,7 @@ pub struct Vm {
     /// The keyboard controller (for Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
     /// The virtual DSA devices, in `--dsa` order.
-    pub dsa: Vec<Arc<Mutex<DsaDevice>>>,
+    pub dsa: Vec<DsaHandle>,
     /// The VM itself, held for as long as the memory slots and devices refer to it.
     _vm_fd: Arc<VmFd>,
     vcpus: Vec<Vcpu>,
@@ -174,9 +176,12 @@ impl Vm {
         tracing::debug!("KVM_CAP_EXCEPTION_PAYLOAD enabled: {exception_payload}");
 
         let mem_size = spec.memory_mib << 20;
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&arch::boot_params::guest_ram_regions(mem_size))
-                .map_err(|e| VmError::Memory(spec.memory_mib, e.to_string()))?;
+        // A vfio-user server DMAs into guest RAM: then it is a memfd the server can map.
+        let shared = spec
+            .dsa
+            .iter()
+            .any(|d| matches!(d, DsaSpec::VfioUser { .. }));
+        let mem = guest_ram(mem_size, shared).map_err(|e| VmError::Memory(spec.memory_mib, e))?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_bindings::kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -244,7 +249,7 @@ impl Vm {
         )
         .map_err(dev_err("status port"))?;
 
-        let dsa = attach_dsa_devices(&vm_fd, &mem, &pio, &mmio, &spec.dsa)?;
+        let dsa = attach_dsa_devices(&vm_fd, &mem, &pio, &mmio, &spec.dsa, &exit)?;
 
         // vCPUs.
         let supported = kvm
@@ -397,15 +402,40 @@ impl Vm {
     }
 }
 
-/// Puts the PCI host bridge on the buses and one vDSA per config on it, with MSI-X routed to
+/// Guest RAM of `size` bytes in the regions the memory map gives; with `shared`, backed by
+/// one memfd (each region at its own offset) so that a vfio-user server can map it.
+fn guest_ram(size: u64, shared: bool) -> Result<GuestMemoryMmap, String> {
+    let ranges = arch::boot_params::guest_ram_regions(size);
+    if !shared {
+        return GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| e.to_string());
+    }
+    let file = devices::vfio_user::shared_portal::memfd(c"dsavmm-guest-ram", size)
+        .map_err(|e| format!("memfd: {e}"))?;
+    let mut offset = 0u64;
+    let mut with_files = Vec::new();
+    for (addr, len) in ranges {
+        let f = file.try_clone().map_err(|e| format!("memfd: {e}"))?;
+        with_files.push((addr, len, Some(vm_memory::FileOffset::new(f, offset))));
+        offset += len as u64;
+    }
+    GuestMemoryMmap::<()>::from_ranges_with_files(with_files).map_err(|e| e.to_string())
+}
+
+/// First KVM memory slot number for devices' mapped BAR pages (RAM uses the ones below).
+const DEVICE_SLOT_BASE: u32 = 32;
+/// MSI-X vectors reserved for a vfio-user DSA (8 WQs + 1: the most a DSA has).
+const VFIO_USER_VECTORS: u16 = 9;
+
+/// Puts the PCI host bridge on the buses and one vDSA per spec on it, with MSI-X routed to
 /// KVM irqfds. Without DSA devices there is no PCI bus (nothing for the guest to find).
 fn attach_dsa_devices(
     vm_fd: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     pio: &Arc<Bus>,
     mmio: &Arc<Bus>,
-    configs: &[DsaConfig],
-) -> Result<Vec<Arc<Mutex<DsaDevice>>>, VmError> {
+    specs: &[DsaSpec],
+    exit: &Arc<ExitSignal>,
+) -> Result<Vec<DsaHandle>, VmError> {
     let windows = PciWindows {
         mmio32_start: layout::MMIO_32_START,
         mmio32_size: layout::MMIO_32_BAR_SIZE,
@@ -420,28 +450,64 @@ fn attach_dsa_devices(
         layout::PCI_ECAM_SIZE,
     )
     .map_err(|e| VmError::Device("PCI", e.to_string()))?;
-    if configs.is_empty() {
+    if specs.is_empty() {
         return Ok(Vec::new());
     }
     let router = GsiRouter::new(vm_fd.clone(), true);
     let guest_mem = Arc::new(mem.clone());
     let mut out = Vec::new();
-    for (i, cfg) in configs.iter().enumerate() {
+    for (i, spec) in specs.iter().enumerate() {
+        let vectors = match spec {
+            DsaSpec::Software(cfg) => cfg.msix_vectors(),
+            DsaSpec::VfioUser { .. } => VFIO_USER_VECTORS,
+        };
         let sink = Arc::new(
-            KvmMsiSink::new(router.clone(), cfg.msix_vectors())
+            KvmMsiSink::new(router.clone(), vectors)
                 .map_err(|e| VmError::Device("DSA interrupts", e.to_string()))?,
         );
-        let dev = Arc::new(Mutex::new(
-            DsaDevice::new(*cfg, guest_mem.clone(), sink)
-                .map_err(|e| VmError::Device("DSA", e.to_string()))?,
-        ));
+        let (handle, dev): (DsaHandle, SharedPciDevice) = match spec {
+            DsaSpec::Software(cfg) => {
+                let d = Arc::new(Mutex::new(
+                    DsaDevice::new(*cfg, guest_mem.clone(), sink)
+                        .map_err(|e| VmError::Device("DSA", e.to_string()))?,
+                ));
+                (DsaHandle::Local(d.clone()), d)
+            }
+            DsaSpec::VfioUser { socket, portal } => {
+                let ram: Vec<RamRegion<'_>> = mem
+                    .iter()
+                    .filter_map(|r| {
+                        let fo = r.file_offset()?;
+                        Some(RamRegion {
+                            gpa: r.start_addr().0,
+                            size: r.len(),
+                            file: fo.file(),
+                            offset: fo.start(),
+                        })
+                    })
+                    .collect();
+                let d = Arc::new(Mutex::new(
+                    VfioUserDsa::connect(
+                        socket,
+                        *portal,
+                        &ram,
+                        sink,
+                        vm_fd.clone(),
+                        DEVICE_SLOT_BASE + i as u32,
+                        exit.clone(),
+                    )
+                    .map_err(|e| VmError::Device("DSA", e.to_string()))?,
+                ));
+                (DsaHandle::VfioUser(d.clone()), d)
+            }
+        };
         let bdf = pci
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add_device(dev.clone() as SharedPciDevice)
+            .add_device(dev)
             .map_err(|e| VmError::Device("DSA", e.to_string()))?;
-        tracing::info!("dsa{i}: {cfg:?} at PCI {bdf:?}");
-        out.push(dev);
+        tracing::info!("dsa{i}: {spec:?} at PCI {bdf:?}");
+        out.push(handle);
     }
     Ok(out)
 }

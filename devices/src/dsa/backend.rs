@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::descriptor::{Descriptor, DESC_SIZE};
 use super::engine::{self, EngineLimits, Outcome, SwError};
@@ -48,13 +48,21 @@ pub trait DsaBackend: Send {
 }
 
 /// The software engine over guest RAM, synchronous in the caller's thread.
+///
+/// The memory is an atomic snapshot: a vfio-user server replaces it on every DMA_MAP and
+/// DMA_UNMAP (under the device lock, so never while a descriptor runs).
 pub struct SoftwareBackend {
-    mem: Arc<GuestMemoryMmap<()>>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
 }
 
 impl SoftwareBackend {
     /// A backend executing over `mem`.
     pub fn new(mem: Arc<GuestMemoryMmap<()>>) -> Self {
+        Self { mem: mem.into() }
+    }
+
+    /// A backend executing over whatever `mem` holds when a descriptor runs.
+    pub fn with_atomic(mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> Self {
         Self { mem }
     }
 }
@@ -70,7 +78,7 @@ impl DsaBackend for SoftwareBackend {
 
     fn submit(&mut self, _wq: usize, desc: &[u8; DESC_SIZE], limits: &EngineLimits) -> Submitted {
         let d = Descriptor::parse(desc);
-        Submitted::Done(engine::execute(self.mem.as_ref(), &d, limits))
+        Submitted::Done(engine::execute(&*self.mem.memory(), &d, limits))
     }
 
     fn reject(&mut self, _wq: usize, desc: &[u8; DESC_SIZE], status: u8) -> Outcome {
@@ -103,11 +111,11 @@ impl DsaBackend for SoftwareBackend {
             out.swerr = swerr(0x1b);
         } else {
             // Section 7: bytes 1..32 first, the status byte last.
-            let ok = self
-                .mem
+            let mem = self.mem.memory();
+            let ok = mem
                 .write_slice(&[0u8; 31], GuestAddress(addr.wrapping_add(1)))
                 .is_ok()
-                && self.mem.write_obj(status, GuestAddress(addr)).is_ok();
+                && mem.write_obj(status, GuestAddress(addr)).is_ok();
             if ok {
                 out.record_written = true;
             } else {

@@ -209,8 +209,9 @@ pub enum DsaError {
     Pci(#[from] PciError),
 }
 
-/// Device counters (for the API).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Device counters (for the API; a vfio-user client reads them back from the server).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DsaStats {
     /// Descriptors executed (or rejected) by the backend.
     pub descriptors: u64,
@@ -396,6 +397,12 @@ impl DsaDevice {
     /// The geometry.
     pub fn dsa_config(&self) -> DsaConfig {
         self.cfg
+    }
+
+    /// Serves MSI-X as a device behind (vfio-)user VFIO does: every interrupt goes to the
+    /// vector's eventfd; the client masks and pends.
+    pub fn set_msix_passthrough(&mut self) {
+        self.msix.set_passthrough();
     }
 
     /// The capability registers.

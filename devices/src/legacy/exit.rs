@@ -19,6 +19,8 @@ pub enum ExitReason {
     Requested,
     /// A vCPU failed; the VMM logged why.
     VcpuError,
+    /// A device's backend failed (a vfio-user server went away); the device logged why.
+    DeviceError,
 }
 
 impl ExitReason {
@@ -27,7 +29,7 @@ impl ExitReason {
         match self {
             ExitReason::Reset | ExitReason::PowerOff | ExitReason::Requested => 0,
             ExitReason::GuestStatus(s) => i32::from(s),
-            ExitReason::VcpuError => 1,
+            ExitReason::VcpuError | ExitReason::DeviceError => 1,
         }
     }
 }

@@ -105,6 +105,9 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// Writes to BAR `bar` at `offset`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// Hook after the bus mapped BAR `bar` at guest address `addr` (or unmapped it: `None`),
+    /// for a device that maps part of a BAR as memory rather than as an MMIO range.
+    fn bar_moved(&mut self, _bar: usize, _addr: Option<u64>) {}
 }
 
 /// A PCI device shared between the bus, its BAR regions and its owner.
@@ -383,6 +386,7 @@ impl PciBus {
             if have == want {
                 continue;
             }
+
             match (have, want) {
                 (Some((old, osz)), Some((new, nsz))) if osz == nsz => {
                     if mmio.relocate(old, new).is_err() {
@@ -418,6 +422,12 @@ impl PciBus {
                         }
                     }
                 }
+            }
+            if slot.mapped[bar] != have {
+                slot.dev
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bar_moved(bar, slot.mapped[bar].map(|(addr, _)| addr));
             }
         }
     }

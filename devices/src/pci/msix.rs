@@ -84,6 +84,9 @@ pub struct Msix {
     routed: Vec<Option<MsiMessage>>,
     enabled: bool,
     function_masked: bool,
+    /// Masking is done by whoever owns the vectors' eventfds (a vfio-user client): every
+    /// trigger goes to the sink.
+    passthrough: bool,
     sink: Arc<dyn MsiInterruptSink>,
 }
 
@@ -103,8 +106,20 @@ impl Msix {
             routed: vec![None; n],
             enabled: false,
             function_masked: false,
+            passthrough: false,
             sink,
         }
+    }
+
+    /// Hands masking to the sink's owner: as a device behind VFIO or vfio-user, whose client
+    /// emulates the table, enable bit and PBA and switches the vector's eventfd itself.
+    pub fn set_passthrough(&mut self) {
+        self.passthrough = true;
+    }
+
+    /// Vector `v` would be sent now (MSI-X on, function and vector unmasked).
+    pub fn deliverable(&self, v: u16) -> bool {
+        self.can_send(usize::from(v))
     }
 
     /// Number of vectors.
@@ -217,6 +232,10 @@ impl Msix {
     /// Raises vector `v`.
     pub fn trigger(&mut self, v: u16) -> MsiDelivery {
         let i = usize::from(v);
+        if self.passthrough && i < self.entries.len() {
+            self.sink.trigger(v);
+            return MsiDelivery::Sent;
+        }
         if !self.enabled || i >= self.entries.len() {
             return MsiDelivery::Dropped;
         }

@@ -1,0 +1,361 @@
+//! `dsavmm dsa-server`: the listening socket, one [`Session`] per client, and the relay that
+//! puts the [`wire`] check in front of the `vfio_user` crate's server.
+//!
+//! Per client (threads named so that seccomp and `ps -T` tell them apart):
+//!
+//! ```text
+//!  client ──> dsa-relay  (read a whole message, wire::check, forward or reply EINVAL)
+//!                │ private socket (a 0700 directory, unlinked once connected)
+//!                v
+//!             dsa-proto  (vfio_user::Server::run -> Session: regions, DMA, IRQs, reset)
+//!                │ replies (errno 0 in error replies fixed) and their fds
+//!  client <── dsa-reply
+//!             dsa-portal (the mapped-portal watcher)
+//! ```
+//!
+//! A client that disconnects, breaks the framing or exits ends its session: its device (WQs,
+//! engines, DMA windows, eventfds) is dropped; the server goes on accepting. At most
+//! `max_clients` sessions run at once; a client beyond that is told nothing and closed.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::session::Session;
+use super::shared_portal;
+use super::wire::{self, Header, Verdict, HEADER_SIZE};
+use super::ServerError;
+use crate::dsa::DsaConfig;
+
+/// Called first thing on every server thread with its role ("dsa-accept", "dsa-relay",
+/// "dsa-reply", "dsa-proto", "dsa-portal"): the VMM installs its seccomp filter there.
+pub type ThreadStart = Arc<dyn Fn(&'static str) -> Result<(), String> + Send + Sync>;
+
+/// What `dsa-server` serves.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// The listening socket's path.
+    pub socket: PathBuf,
+    /// Geometry of each client's vDSA.
+    pub dsa: DsaConfig,
+    /// Sessions at once.
+    pub max_clients: usize,
+    /// Offer BAR2 as mmappable shared pages (besides trapped region writes).
+    pub mmap_portals: bool,
+    /// Per-thread set-up hook.
+    pub thread_start: Option<ThreadStart>,
+}
+
+/// The most descriptors one message may carry (as the crate's server reads them).
+const MAX_FDS: usize = 16;
+
+/// A bound server, not yet accepting.
+pub struct DsaServer {
+    listener: UnixListener,
+    path: PathBuf,
+    opts: ServerOptions,
+    active: Arc<AtomicUsize>,
+}
+
+impl Drop for DsaServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |e| ServerError::Io(what, e)
+}
+
+/// Binds `path`; a socket file nobody listens on any more (a server that died) is replaced,
+/// a live one is an error.
+fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::SocketInUse(path.to_path_buf()));
+            }
+            tracing::info!("replacing the stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(io_err("remove stale socket"))?;
+            UnixListener::bind(path).map_err(io_err("bind"))
+        }
+        Err(e) => Err(ServerError::Io("bind", e)),
+    }
+}
+
+impl DsaServer {
+    /// Validates the geometry and binds the socket.
+    pub fn bind(opts: ServerOptions) -> Result<Self, ServerError> {
+        opts.dsa.validate().map_err(crate::dsa::DsaError::from)?;
+        if opts.max_clients == 0 {
+            return Err(ServerError::MaxClients);
+        }
+        let listener = bind(&opts.socket)?;
+        Ok(Self {
+            listener,
+            path: opts.socket.clone(),
+            opts,
+            active: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Sessions running now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Accepts clients until `stop` is set (checked between connections; a connection to
+    /// the socket wakes the loop).
+    pub fn run(&self, stop: &AtomicBool) -> Result<(), ServerError> {
+        start_thread(&self.opts, "dsa-accept")?;
+        let mut next_id = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            let (stream, _) = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ServerError::Io("accept", e)),
+            };
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            next_id += 1;
+            if self.active() >= self.opts.max_clients {
+                tracing::warn!(
+                    "client {next_id} refused: {} of {} sessions in use",
+                    self.active(),
+                    self.opts.max_clients
+                );
+                continue;
+            }
+            self.active.fetch_add(1, Ordering::AcqRel);
+            let opts = self.opts.clone();
+            let active = self.active.clone();
+            let spawned = std::thread::Builder::new()
+                .name("dsa-relay".into())
+                .spawn(move || {
+                    tracing::info!("client {next_id} connected");
+                    match run_session(stream, &opts, next_id) {
+                        Ok(()) => tracing::info!("client {next_id} gone; its device was reset"),
+                        Err(e) => tracing::warn!("client {next_id} dropped: {e}"),
+                    }
+                    active.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(e) = spawned {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                tracing::error!("cannot start a session thread: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn start_thread(opts: &ServerOptions, role: &'static str) -> Result<(), ServerError> {
+    match &opts.thread_start {
+        Some(f) => f(role).map_err(ServerError::ThreadStart),
+        None => Ok(()),
+    }
+}
+
+/// A directory only this user can enter, for the relay's private socket.
+fn private_dir(id: u64) -> Result<PathBuf, ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("dsavmm-dsa-{}-{id}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err("create the private socket directory"))?;
+    Ok(dir)
+}
+
+fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), ServerError> {
+    start_thread(opts, "dsa-relay")?;
+    let session = Session::new(opts.dsa)?;
+    let dir = private_dir(id)?;
+    let inner_path = dir.join("s");
+    let server = vfio_user::Server::new(
+        &inner_path,
+        true,
+        session.irqs(),
+        session.regions(opts.mmap_portals),
+    );
+    let server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(ServerError::Protocol(e));
+        }
+    };
+    let inner = UnixStream::connect(&inner_path);
+    let _ = std::fs::remove_file(&inner_path);
+    let _ = std::fs::remove_dir(&dir);
+    let inner = inner.map_err(io_err("connect the relay"))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (portal, dev, stop, counters) = (
+            session.portal(),
+            session.device(),
+            stop.clone(),
+            session.watch_counters(),
+        );
+        let o = opts.clone();
+        std::thread::Builder::new()
+            .name("dsa-portal".into())
+            .spawn(move || {
+                if let Err(e) = start_thread(&o, "dsa-portal") {
+                    tracing::error!("portal watcher: {e}");
+                    return;
+                }
+                shared_portal::watch(portal, dev, stop, counters)
+            })
+            .map_err(io_err("spawn the portal watcher"))?
+    };
+    let proto = {
+        let o = opts.clone();
+        let mut session = session;
+        std::thread::Builder::new()
+            .name("dsa-proto".into())
+            .spawn(move || {
+                start_thread(&o, "dsa-proto")?;
+                server.run(&mut session).map_err(ServerError::Protocol)
+            })
+            .map_err(io_err("spawn the protocol thread"))?
+    };
+    let out = Arc::new(Mutex::new(
+        client
+            .try_clone()
+            .map_err(io_err("clone the client socket"))?,
+    ));
+    let reply = {
+        let (o, out) = (opts.clone(), out.clone());
+        let inner = inner
+            .try_clone()
+            .map_err(io_err("clone the relay socket"))?;
+        std::thread::Builder::new()
+            .name("dsa-reply".into())
+            .spawn(move || {
+                start_thread(&o, "dsa-reply")?;
+                pump_replies(&inner, &out)
+            })
+            .map_err(io_err("spawn the reply thread"))?
+    };
+
+    let result = pump_requests(&client, &inner, &out);
+    // Whatever ended the requests ends the session: the protocol thread sees EOF, the reply
+    // thread sees EOF, the watcher stops, and the session (its device) is dropped.
+    let _ = inner.shutdown(std::net::Shutdown::Both);
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    stop.store(true, Ordering::Release);
+    let _ = watcher.join();
+    let proto_result = proto.join();
+    let _ = reply.join();
+    if let Ok(Err(e)) = proto_result {
+        tracing::debug!("client {id}: protocol thread: {e}");
+    }
+    result
+}
+
+/// Receives up to `buf.len()` bytes and the descriptors that came with them.
+fn recv_some(s: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Vec<File>)> {
+    let mut raw: [RawFd; MAX_FDS] = [-1; MAX_FDS];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec points at `buf`, live and writable for its length; `raw` has room
+    // for MAX_FDS descriptors, which is all recvmsg is told it may install.
+    let (n, nfds) = unsafe { s.recv_with_fds(&mut iov, &mut raw) }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let fds = raw[..nfds]
+        .iter()
+        // SAFETY: recvmsg just installed these descriptors for us; nothing else owns them.
+        .map(|fd| unsafe { File::from_raw_fd(*fd) })
+        .collect();
+    Ok((n, fds))
+}
+
+/// Reads one whole message: header (with any descriptors) and body. `None` at a clean EOF.
+fn read_message(
+    s: &UnixStream,
+    check: bool,
+) -> Result<Option<(Header, Vec<u8>, Vec<File>)>, ServerError> {
+    let mut h = [0u8; HEADER_SIZE];
+    let (n, fds) = recv_some(s, &mut h).map_err(io_err("receive"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < HEADER_SIZE {
+        (&*s)
+            .read_exact(&mut h[n..])
+            .map_err(io_err("receive a header"))?;
+    }
+    let header = Header::parse(&h);
+    let len = if check {
+        wire::body_len(&header)?
+    } else {
+        (header.size as usize).saturating_sub(HEADER_SIZE)
+    };
+    let mut body = vec![0u8; len];
+    (&*s)
+        .read_exact(&mut body)
+        .map_err(io_err("receive a message body"))?;
+    Ok(Some((header, body, fds)))
+}
+
+/// Sends `msg` with `fds` (attached to its first bytes), all of it.
+fn send_message(s: &UnixStream, msg: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let sent = if fds.is_empty() {
+        0
+    } else {
+        s.send_with_fds(&[msg], fds)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?
+    };
+    (&*s).write_all(&msg[sent..])
+}
+
+fn pump_requests(
+    client: &UnixStream,
+    inner: &UnixStream,
+    out: &Mutex<UnixStream>,
+) -> Result<(), ServerError> {
+    while let Some((header, body, fds)) = read_message(client, true)? {
+        match wire::check(&header, &body, fds.len()) {
+            Verdict::Forward(msg) => {
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                send_message(inner, &msg, &raw).map_err(io_err("forward"))?;
+            }
+            Verdict::Reject(errno) => {
+                tracing::debug!(
+                    "rejected command {} ({} bytes): errno {errno}",
+                    header.command,
+                    header.size
+                );
+                let reply = header.error_reply(errno).to_bytes();
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write_all(&reply)
+                    .map_err(io_err("reply"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pump_replies(inner: &UnixStream, out: &Mutex<UnixStream>) -> Result<(), ServerError> {
+    while let Some((mut header, body, fds)) = read_message(inner, false)? {
+        wire::fix_reply(&mut header);
+        let mut msg = header.to_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        send_message(&out.lock().unwrap_or_else(|e| e.into_inner()), &msg, &raw)
+            .map_err(io_err("send a reply"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! A mapped portal BAR: BAR2 as one shared memfd that the client maps into the guest (a KVM
+//! memory slot at the BAR's address) and the server watches for descriptors.
+//!
+//! A hardware portal is a doorbell; shared memory is a mailbox. Each 64-byte slot holds at
+//! most one descriptor: the writer (the guest's MOVDIR64B, or dsavmm when it emulates one)
+//! stores 64 bytes, the server's watcher sees a slot that is not all zero, reads it until two
+//! reads agree (the rig's TCG stores MOVDIR64B as eight 8-byte stores, so a slot may be seen
+//! half written: a torn slot is never taken), zeroes it and submits it. docs/vfio-user.md
+//! ("Mapped portals") gives the costs: one scan of every slot per poll (128 KiB for 8 WQs),
+//! polling that spins for [`SPIN_WINDOW`] after the last descriptor and then sleeps up to
+//! [`MAX_SLEEP`]; and the rule a guest must follow (a slot written again before the watcher
+//! took it loses the earlier descriptor, which a hardware dedicated WQ would have dropped
+//! only when full). Where dsavmm emulates the store it waits for the slot to be free first.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{Bytes, FileOffset, VolatileMemory};
+
+use crate::dsa::descriptor::DESC_SIZE;
+use crate::dsa::DsaDevice;
+use crate::dsa::BAR_PORTALS;
+use crate::pci::PciDevice;
+
+/// After the last descriptor the watcher keeps polling without sleeping this long.
+pub const SPIN_WINDOW: Duration = Duration::from_millis(2);
+/// The longest the watcher sleeps between two scans once idle.
+pub const MAX_SLEEP: Duration = Duration::from_micros(500);
+/// How many times a slot is re-read for two equal copies before it is left for the next scan.
+const STABLE_TRIES: usize = 64;
+
+/// The shared BAR2 pages.
+pub struct SharedPortal {
+    file: File,
+    map: MmapRegion<()>,
+    /// One taker at a time: the watcher, or a register access sweeping the slots first.
+    sweeping: Mutex<()>,
+}
+
+/// Errors creating or mapping the shared pages.
+#[derive(Debug, thiserror::Error)]
+pub enum PortalError {
+    /// memfd_create or ftruncate failed.
+    #[error("cannot create the portal memfd: {0}")]
+    Memfd(std::io::Error),
+    /// mmap failed.
+    #[error("cannot map the portal pages: {0}")]
+    Map(vm_memory::mmap::MmapRegionError),
+}
+
+/// A new memfd of `size` zero bytes (guest RAM to share, portal pages).
+pub fn memfd(name: &std::ffi::CStr, size: u64) -> std::io::Result<File> {
+    // SAFETY: `name` is a NUL-terminated string that memfd_create only reads.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
+}
+
+impl SharedPortal {
+    /// New zeroed pages of `size` bytes (the server's side).
+    pub fn create(size: u64) -> Result<Self, PortalError> {
+        let file = memfd(c"dsavmm-portals", size).map_err(PortalError::Memfd)?;
+        Self::map(file, 0, size)
+    }
+
+    /// Maps `size` bytes at `offset` of a memfd received from the server (the client's side).
+    pub fn map(file: File, offset: u64, size: u64) -> Result<Self, PortalError> {
+        let dup = file.try_clone().map_err(PortalError::Memfd)?;
+        let map = MmapRegion::from_file(FileOffset::new(dup, offset), size as usize)
+            .map_err(PortalError::Map)?;
+        Ok(Self {
+            file,
+            map,
+            sweeping: Mutex::new(()),
+        })
+    }
+
+    /// The memfd (sent to the client with BAR2's region info).
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.map.size()
+    }
+
+    /// Never: a portal BAR has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.map.size() == 0
+    }
+
+    /// Host address of the mapping (for a KVM memory slot).
+    pub fn host_addr(&self) -> u64 {
+        self.map.as_ptr() as u64
+    }
+
+    fn read_slot(&self, off: usize) -> Option<[u64; 8]> {
+        let s = self.map.as_volatile_slice();
+        let mut q = [0u64; 8];
+        for (i, v) in q.iter_mut().enumerate() {
+            *v = s.load(off + 8 * i, Ordering::Acquire).ok()?;
+        }
+        Some(q)
+    }
+
+    fn store_slot(&self, off: usize, q: &[u64; 8]) -> bool {
+        let s = self.map.as_volatile_slice();
+        q.iter()
+            .enumerate()
+            .all(|(i, v)| s.store(*v, off + 8 * i, Ordering::Release).is_ok())
+    }
+
+    /// Takes the descriptor in the slot at `off` if there is a whole one: not all zero, and
+    /// the same in two reads in a row. The slot is zeroed before it is returned.
+    pub fn take(&self, off: usize) -> Option<[u8; DESC_SIZE]> {
+        let mut seen = self.read_slot(off)?;
+        if seen == [0; 8] {
+            return None;
+        }
+        for _ in 0..STABLE_TRIES {
+            std::hint::spin_loop();
+            let again = self.read_slot(off)?;
+            if again == seen {
+                self.store_slot(off, &[0; 8]);
+                let mut d = [0u8; DESC_SIZE];
+                for (i, v) in seen.iter().enumerate() {
+                    d[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+                }
+                return Some(d);
+            }
+            seen = again;
+        }
+        None
+    }
+
+    /// Writes a descriptor into the slot at `off` once the watcher has taken the previous one
+    /// (waiting at most `wait`). Returns whether it was written.
+    pub fn post(&self, off: usize, desc: &[u8; DESC_SIZE], wait: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            match self.read_slot(off) {
+                None => return false,
+                Some(q) if q == [0; 8] => break,
+                Some(_) if start.elapsed() >= wait => return false,
+                Some(_) => std::thread::yield_now(),
+            }
+        }
+        let mut q = [0u64; 8];
+        for (i, v) in q.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&desc[8 * i..8 * i + 8]);
+            *v = u64::from_le_bytes(b);
+        }
+        self.store_slot(off, &q)
+    }
+
+    /// Takes every whole descriptor in the pages, in address order, and hands each to
+    /// `submit`. Returns how many there were.
+    pub fn sweep(&self, mut submit: impl FnMut(u64, &[u8; DESC_SIZE])) -> usize {
+        let _one = self.sweeping.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for off in (0..self.len()).step_by(DESC_SIZE) {
+            if let Some(desc) = self.take(off) {
+                n += 1;
+                submit(off as u64, &desc);
+            }
+        }
+        n
+    }
+
+    /// Zeroes every slot (device reset).
+    pub fn clear(&self) {
+        let _ = self
+            .map
+            .as_volatile_slice()
+            .write_slice(&vec![0u8; self.len()], 0);
+    }
+}
+
+/// Counters of the watcher.
+#[derive(Debug, Default)]
+pub struct WatchCounters {
+    /// Descriptors taken from mapped slots.
+    pub taken: AtomicU64,
+    /// Scans of the whole BAR.
+    pub scans: AtomicU64,
+}
+
+/// Polls `portal` for descriptors and submits them to `dev` until `stop` is set.
+pub fn watch(
+    portal: Arc<SharedPortal>,
+    dev: Arc<Mutex<DsaDevice>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<WatchCounters>,
+) {
+    let mut last_work = Instant::now();
+    let mut sleep = Duration::from_micros(10);
+    while !stop.load(Ordering::Acquire) {
+        counters.scans.fetch_add(1, Ordering::Relaxed);
+        let found = portal.sweep(|off, desc| {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bar_write(BAR_PORTALS, off, desc);
+        });
+        counters.taken.fetch_add(found as u64, Ordering::Relaxed);
+        if found > 0 {
+            last_work = Instant::now();
+            sleep = Duration::from_micros(10);
+        } else if last_work.elapsed() < SPIN_WINDOW {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(MAX_SLEEP);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_take_and_the_mailbox_rule() {
+        let p = SharedPortal::create(0x4000).unwrap();
+        assert_eq!(p.take(0), None);
+        let mut d = [0u8; DESC_SIZE];
+        d[7] = 0x3;
+        d[63] = 0x9;
+        assert!(p.post(64, &d, Duration::ZERO));
+        // The slot is full until taken: a second post waits and gives up.
+        assert!(!p.post(64, &d, Duration::from_millis(1)));
+        assert_eq!(p.take(64), Some(d));
+        assert_eq!(p.take(64), None);
+        assert!(p.post(64, &d, Duration::ZERO));
+        p.clear();
+        assert_eq!(p.take(64), None);
+        // Outside the mapping.
+        assert_eq!(p.take(0x4000), None);
+        assert!(!p.post(0x4000, &d, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_second_mapping_sees_the_same_pages() {
+        let server = SharedPortal::create(0x1000).unwrap();
+        // SAFETY: dup of a live descriptor.
+        let fd = unsafe { libc::dup(server.fd()) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is a fresh duplicate owned by nobody else.
+        let client = SharedPortal::map(unsafe { File::from_raw_fd(fd) }, 0, 0x1000).unwrap();
+        let d = [0x5a; DESC_SIZE];
+        assert!(client.post(0, &d, Duration::ZERO));
+        assert_eq!(server.take(0), Some(d));
+        assert!(client.post(0, &d, Duration::ZERO));
+    }
+}
