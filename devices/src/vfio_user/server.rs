@@ -33,8 +33,8 @@ use super::wire::{self, Header, Verdict, HEADER_SIZE};
 use super::ServerError;
 use crate::dsa::DsaConfig;
 
-/// Called first thing on every server thread with its role ("dsa-accept", "dsa-relay",
-/// "dsa-reply", "dsa-proto", "dsa-portal"): the VMM installs its seccomp filter there.
+/// Called once on the accepting thread before the first client: the VMM installs its seccomp
+/// filter there, and every session thread inherits it.
 pub type ThreadStart = Arc<dyn Fn(&'static str) -> Result<(), String> + Send + Sync>;
 
 /// What `dsa-server` serves.
@@ -48,7 +48,7 @@ pub struct ServerOptions {
     pub max_clients: usize,
     /// Offer BAR2 as mmappable shared pages (besides trapped region writes).
     pub mmap_portals: bool,
-    /// Per-thread set-up hook.
+    /// Set-up hook of the accepting thread (inherited by every session thread).
     pub thread_start: Option<ThreadStart>,
 }
 
@@ -114,7 +114,9 @@ impl DsaServer {
     /// Accepts clients until `stop` is set (checked between connections; a connection to
     /// the socket wakes the loop).
     pub fn run(&self, stop: &AtomicBool) -> Result<(), ServerError> {
-        start_thread(&self.opts, "dsa-accept")?;
+        if let Some(f) = &self.opts.thread_start {
+            f("dsa-accept").map_err(ServerError::ThreadStart)?;
+        }
         let mut next_id = 0u64;
         while !stop.load(Ordering::Acquire) {
             let (stream, _) = match self.listener.accept() {
@@ -156,13 +158,6 @@ impl DsaServer {
     }
 }
 
-fn start_thread(opts: &ServerOptions, role: &'static str) -> Result<(), ServerError> {
-    match &opts.thread_start {
-        Some(f) => f(role).map_err(ServerError::ThreadStart),
-        None => Ok(()),
-    }
-}
-
 /// A directory only this user can enter, for the relay's private socket.
 fn private_dir(id: u64) -> Result<PathBuf, ServerError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -175,7 +170,6 @@ fn private_dir(id: u64) -> Result<PathBuf, ServerError> {
 }
 
 fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), ServerError> {
-    start_thread(opts, "dsa-relay")?;
     let session = Session::new(opts.dsa)?;
     let dir = private_dir(id)?;
     let inner_path = dir.join("s");
@@ -205,27 +199,16 @@ fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), 
             stop.clone(),
             session.watch_counters(),
         );
-        let o = opts.clone();
         std::thread::Builder::new()
             .name("dsa-portal".into())
-            .spawn(move || {
-                if let Err(e) = start_thread(&o, "dsa-portal") {
-                    tracing::error!("portal watcher: {e}");
-                    return;
-                }
-                shared_portal::watch(portal, dev, stop, counters)
-            })
+            .spawn(move || shared_portal::watch(portal, dev, stop, counters))
             .map_err(io_err("spawn the portal watcher"))?
     };
     let proto = {
-        let o = opts.clone();
         let mut session = session;
         std::thread::Builder::new()
             .name("dsa-proto".into())
-            .spawn(move || {
-                start_thread(&o, "dsa-proto")?;
-                server.run(&mut session).map_err(ServerError::Protocol)
-            })
+            .spawn(move || server.run(&mut session).map_err(ServerError::Protocol))
             .map_err(io_err("spawn the protocol thread"))?
     };
     let out = Arc::new(Mutex::new(
@@ -234,16 +217,13 @@ fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), 
             .map_err(io_err("clone the client socket"))?,
     ));
     let reply = {
-        let (o, out) = (opts.clone(), out.clone());
+        let out = out.clone();
         let inner = inner
             .try_clone()
             .map_err(io_err("clone the relay socket"))?;
         std::thread::Builder::new()
             .name("dsa-reply".into())
-            .spawn(move || {
-                start_thread(&o, "dsa-reply")?;
-                pump_replies(&inner, &out)
-            })
+            .spawn(move || pump_replies(&inner, &out))
             .map_err(io_err("spawn the reply thread"))?
     };
 
