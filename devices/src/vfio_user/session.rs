@@ -435,6 +435,8 @@ impl ServerBackend for Session {
             return Ok(());
         };
         let len = usize::try_from(size).map_err(|_| einval("DMA window too large"))?;
+        super::shared_portal::check_window(&file, offset, size)
+            .map_err(|e| einval(&format!("DMA_MAP {address:#x}+{size:#x}: {e}")))?;
         // Serialise with descriptors in flight: they hold the device lock.
         let _dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.mem.memory();

@@ -52,17 +52,49 @@ pub enum PortalError {
     Map(vm_memory::mmap::MmapRegionError),
 }
 
-/// A new memfd of `size` zero bytes (guest RAM to share, portal pages).
+/// A new memfd of `size` zero bytes (guest RAM to share, portal pages), sealed against
+/// shrinking and growing: a peer that maps it can rely on every page staying there (a mapping
+/// past the end of a file faults with SIGBUS).
 pub fn memfd(name: &std::ffi::CStr, size: u64) -> std::io::Result<File> {
     // SAFETY: `name` is a NUL-terminated string that memfd_create only reads.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size)?;
+    // SAFETY: F_ADD_SEALS on a descriptor we own; no memory is passed.
+    let r = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(file)
+}
+
+/// Why `file` cannot back a DMA window of `size` bytes at `offset`: the window must lie inside
+/// the file, and a memfd must be sealed against shrinking (else its owner could cut pages
+/// from under the mapping and the access would raise SIGBUS in the server).
+pub fn check_window(file: &File, offset: u64, size: u64) -> Result<(), String> {
+    let len = file.metadata().map_err(|e| format!("fstat: {e}"))?.len();
+    if offset.checked_add(size).is_none_or(|end| end > len) {
+        return Err(format!(
+            "window {offset:#x}+{size:#x} ends past its file ({len:#x} bytes)"
+        ));
+    }
+    // SAFETY: F_GET_SEALS on a descriptor we own; no memory is passed.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals >= 0 && seals & libc::F_SEAL_SHRINK == 0 {
+        return Err("the memfd is not sealed against shrinking (F_SEAL_SHRINK)".into());
+    }
+    Ok(())
 }
 
 impl SharedPortal {
