@@ -20,6 +20,7 @@ pub mod descriptor_engine;
 pub mod dsa_mmio;
 pub mod harness;
 pub mod movdir64b;
+pub mod vfio_user_message;
 
 /// `vmm/src/` as a module directory: its files load as they do in the `dsavmm` crate (their
 /// `mod tests;` from `vmm/src/<module>/tests.rs`), and `crate::insn` etc. resolve through the
@@ -42,6 +43,7 @@ pub const TARGETS: &[(&str, Outcome)] = &[
     ("dsa_mmio", dsa_mmio::outcome),
     ("movdir64b", movdir64b::outcome),
     ("api_request", api_request::outcome),
+    ("vfio_user_message", vfio_user_message::outcome),
 ];
 
 /// Reads a fuzz input front to back; past the end every read is zero, so any input is valid.

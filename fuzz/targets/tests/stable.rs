@@ -116,6 +116,11 @@ fn movdir64b() {
 }
 
 #[test]
+fn vfio_user_message() {
+    check("vfio_user_message", 2000, 1024);
+}
+
+#[test]
 fn api_request() {
     check("api_request", 20000, 512);
 }
