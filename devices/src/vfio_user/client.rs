@@ -547,6 +547,7 @@ impl PciDevice for VfioUserDsa {
                 if let (Some(p), Ok(desc)) = (self.portal.as_ref(), <&[u8; 64]>::try_from(data)) {
                     if offset.is_multiple_of(64) {
                         if p.post(offset as usize, desc, POST_WAIT) {
+                            p.ring();
                             self.counters.portal_posts.fetch_add(1, Ordering::Relaxed);
                         } else {
                             self.counters

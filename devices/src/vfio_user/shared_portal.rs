@@ -11,10 +11,16 @@
 //! [`MAX_SLEEP`]; and the rule a guest must follow (a slot written again before the watcher
 //! took it loses the earlier descriptor, which a hardware dedicated WQ would have dropped
 //! only when full). Where dsavmm emulates the store it waits for the slot to be free first.
+//!
+//! The doorbell (dsavmm's extension; a client that does not know it loses nothing): the memfd
+//! is one page longer than BAR2, and that page, never mapped into a guest, holds a futex word.
+//! The idle watcher sleeps on it (up to [`MAX_SLEEP`]); a client that has just stored a
+//! descriptor itself (dsavmm emulating MOVDIR64B) bumps the word and wakes it, so the descriptor
+//! is taken at once rather than at the next poll.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +36,8 @@ use crate::pci::PciDevice;
 pub const SPIN_WINDOW: Duration = Duration::from_millis(2);
 /// The longest the watcher sleeps between two scans once idle.
 pub const MAX_SLEEP: Duration = Duration::from_micros(500);
+/// The doorbell page after the portal pages.
+const DOORBELL_PAGE: u64 = 0x1000;
 /// How many times a slot is re-read for two equal copies before it is left for the next scan.
 const STABLE_TRIES: usize = 64;
 
@@ -37,6 +45,10 @@ const STABLE_TRIES: usize = 64;
 pub struct SharedPortal {
     file: File,
     map: MmapRegion<()>,
+    /// Bytes of portal (BAR2); the doorbell page, if any, follows.
+    portal_len: usize,
+    /// The mapping holds the doorbell page.
+    doorbell: bool,
     /// One taker at a time: the watcher, or a register access sweeping the slots first.
     sweeping: Mutex<()>,
 }
@@ -100,20 +112,86 @@ pub fn check_window(file: &File, offset: u64, size: u64) -> Result<(), String> {
 impl SharedPortal {
     /// New zeroed pages of `size` bytes (the server's side).
     pub fn create(size: u64) -> Result<Self, PortalError> {
-        let file = memfd(c"dsavmm-portals", size).map_err(PortalError::Memfd)?;
+        let file = memfd(c"dsavmm-portals", size + DOORBELL_PAGE).map_err(PortalError::Memfd)?;
         Self::map(file, 0, size)
     }
 
-    /// Maps `size` bytes at `offset` of a memfd received from the server (the client's side).
+    /// Maps `size` bytes of portal at `offset` of a memfd received from the server (the
+    /// client's side), and the doorbell page after them when the file has one.
     pub fn map(file: File, offset: u64, size: u64) -> Result<Self, PortalError> {
+        let file_len = file.metadata().map_err(PortalError::Memfd)?.len();
+        let doorbell = offset
+            .checked_add(size + DOORBELL_PAGE)
+            .is_some_and(|end| end <= file_len);
         let dup = file.try_clone().map_err(PortalError::Memfd)?;
-        let map = MmapRegion::from_file(FileOffset::new(dup, offset), size as usize)
+        let total = size + if doorbell { DOORBELL_PAGE } else { 0 };
+        let map = MmapRegion::from_file(FileOffset::new(dup, offset), total as usize)
             .map_err(PortalError::Map)?;
         Ok(Self {
             file,
             map,
+            portal_len: size as usize,
+            doorbell,
             sweeping: Mutex::new(()),
         })
+    }
+
+    fn doorbell_word(&self) -> Option<&AtomicU32> {
+        if !self.doorbell {
+            return None;
+        }
+        self.map.get_atomic_ref::<AtomicU32>(self.portal_len).ok()
+    }
+
+    /// The doorbell's value now (read before a scan, waited on after an empty one).
+    pub fn doorbell_value(&self) -> u32 {
+        self.doorbell_word()
+            .map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    /// Wakes the watcher: a descriptor was just stored.
+    pub fn ring(&self) {
+        if let Some(w) = self.doorbell_word() {
+            w.fetch_add(1, Ordering::Release);
+            // SAFETY: FUTEX_WAKE on an aligned u32 of a live shared mapping; nothing is written
+            // through the pointer by the kernel.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    w.as_ptr(),
+                    libc::FUTEX_WAKE,
+                    1,
+                    0usize,
+                    0usize,
+                    0,
+                )
+            };
+        }
+    }
+
+    /// Sleeps up to `timeout`, or until the doorbell moves from `seen`.
+    pub fn wait(&self, seen: u32, timeout: Duration) {
+        let Some(w) = self.doorbell_word() else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: FUTEX_WAIT on an aligned u32 of a live shared mapping, with a valid timespec
+        // the kernel only reads; it returns at once if the word is no longer `seen`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                w.as_ptr(),
+                libc::FUTEX_WAIT,
+                seen,
+                &ts as *const libc::timespec,
+                0usize,
+                0,
+            )
+        };
     }
 
     /// The memfd (sent to the client with BAR2's region info).
@@ -121,14 +199,14 @@ impl SharedPortal {
         self.file.as_raw_fd()
     }
 
-    /// Bytes mapped.
+    /// Bytes of portal (what a guest sees: the doorbell page is not counted).
     pub fn len(&self) -> usize {
-        self.map.size()
+        self.portal_len
     }
 
     /// Never: a portal BAR has at least one page.
     pub fn is_empty(&self) -> bool {
-        self.map.size() == 0
+        self.portal_len == 0
     }
 
     /// Host address of the mapping (for a KVM memory slot).
@@ -137,6 +215,9 @@ impl SharedPortal {
     }
 
     fn read_slot(&self, off: usize) -> Option<[u64; 8]> {
+        if off.checked_add(DESC_SIZE)? > self.portal_len {
+            return None;
+        }
         let s = self.map.as_volatile_slice();
         let mut q = [0u64; 8];
         for (i, v) in q.iter_mut().enumerate() {
@@ -146,6 +227,12 @@ impl SharedPortal {
     }
 
     fn store_slot(&self, off: usize, q: &[u64; 8]) -> bool {
+        if off
+            .checked_add(DESC_SIZE)
+            .is_none_or(|e| e > self.portal_len)
+        {
+            return false;
+        }
         let s = self.map.as_volatile_slice();
         q.iter()
             .enumerate()
@@ -215,7 +302,7 @@ impl SharedPortal {
         let _ = self
             .map
             .as_volatile_slice()
-            .write_slice(&vec![0u8; self.len()], 0);
+            .write_slice(&vec![0u8; self.portal_len], 0);
     }
 }
 
@@ -239,6 +326,7 @@ pub fn watch(
     let mut sleep = Duration::from_micros(10);
     while !stop.load(Ordering::Acquire) {
         counters.scans.fetch_add(1, Ordering::Relaxed);
+        let rung = portal.doorbell_value();
         let found = portal.sweep(|off, desc| {
             dev.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -251,7 +339,7 @@ pub fn watch(
         } else if last_work.elapsed() < SPIN_WINDOW {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(sleep);
+            portal.wait(rung, sleep);
             sleep = (sleep * 2).min(MAX_SLEEP);
         }
     }
@@ -289,9 +377,20 @@ mod tests {
         assert!(fd >= 0);
         // SAFETY: `fd` is a fresh duplicate owned by nobody else.
         let client = SharedPortal::map(unsafe { File::from_raw_fd(fd) }, 0, 0x1000).unwrap();
+        assert!(client.doorbell);
         let d = [0x5a; DESC_SIZE];
         assert!(client.post(0, &d, Duration::ZERO));
         assert_eq!(server.take(0), Some(d));
         assert!(client.post(0, &d, Duration::ZERO));
+        // The doorbell page is shared too, and wakes a waiter.
+        let seen = server.doorbell_value();
+        client.ring();
+        assert_eq!(server.doorbell_value(), seen.wrapping_add(1));
+        let t = Instant::now();
+        server.wait(seen, Duration::from_secs(5));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "wait ignored the moved doorbell"
+        );
     }
 }
