@@ -155,6 +155,11 @@ mod tests {
         for key in &spec_keys {
             let mut without = full.clone();
             without.as_object_mut().unwrap().remove(key);
+            // DsaDeviceConfig: socket is required by backend vfio-user only (checked below).
+            if name == "DsaDeviceConfig" && key == "socket" {
+                assert!(!ok(&without), "{name}: vfio-user without socket accepted");
+                continue;
+            }
             let accepted = ok(&without);
             // LoggerConfig needs at least one field; both are optional on their own.
             assert_eq!(
@@ -209,6 +214,13 @@ mod tests {
                 for v in values {
                     let mut x = full.clone();
                     x[key] = v.clone();
+                    if name == "DsaDeviceConfig" && v == "software" {
+                        // socket and portal belong to vfio-user, and are refused with software.
+                        assert!(!ok(&x), "{name}: software with a socket accepted");
+                        let o = x.as_object_mut().unwrap();
+                        o.remove("socket");
+                        o.remove("portal");
+                    }
                     assert!(ok(&x), "{name}.{key} = {v} rejected");
                 }
                 let mut x = full.clone();
@@ -227,7 +239,13 @@ mod tests {
         );
         check_input::<DsaDeviceConfig>(
             "DsaDeviceConfig",
-            serde_json::to_value(DsaDeviceConfig::default()).unwrap(),
+            serde_json::to_value(DsaDeviceConfig {
+                backend: DsaBackend::VfioUser,
+                socket: Some("/tmp/dsa.sock".into()),
+                portal: Some(PortalMode::Trapped),
+                ..DsaDeviceConfig::default()
+            })
+            .unwrap(),
         );
         check_input::<Action>("Action", json!({"action_type": "Pause"}));
         check_input::<LoggerConfig>("LoggerConfig", json!({"level": "Info", "log_path": "/l"}));

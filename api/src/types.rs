@@ -235,6 +235,16 @@ pub enum PortalMode {
     Trapped,
 }
 
+/// An optional field that, when present, must hold a value (an explicit `null` is refused, as
+/// the OpenAPI document declares no field nullable).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 fn default_wqs() -> u32 {
     DEFAULT_WQS
 }
@@ -281,10 +291,18 @@ pub struct DsaDeviceConfig {
     #[serde(default = "default_batch_shift")]
     pub max_batch_shift: u32,
     /// vfio-user only: the server's socket (the geometry is then the server's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub socket: Option<String>,
     /// vfio-user only: how the portal BAR reaches the server (default mapped).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub portal: Option<PortalMode>,
 }
 

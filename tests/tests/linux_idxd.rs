@@ -35,10 +35,19 @@ const DMATEST_CASES: [(&str, u32, u64, bool); 7] = [
 ];
 
 /// The dsavmm runs of the one L1 boot: (vCPUs, `--dsa` spec).
-const RUNS: [(u32, &str); 2] = [
+const RUNS: [(u32, &str); 3] = [
     (2, "backend=software"),
     (1, "backend=software,wqs=1,engines=1,groups=1,wq-size=32"),
+    (2, VFIO_USER_SPEC),
 ];
+
+/// The run whose vDSA a `dsavmm dsa-server` serves, started in L1 beside it ([`server_run`]);
+/// the portal is mapped into L2, so L2's MOVDIR64B stores straight into the server's page.
+const VFIO_USER_RUN: usize = 2;
+const VFIO_USER_SOCKET: &str = "/tmp/dsa-server.sock";
+const VFIO_USER_SPEC: &str = "backend=vfio-user,socket=/tmp/dsa-server.sock,portal=mapped";
+/// The server's device: the geometry of run 1.
+const VFIO_USER_SERVER_ARGS: &str = "--wqs 1 --engines 1 --groups 1 --wq-size 32";
 
 /// The run that is driven through the REST API: dsavmm serves `--api-sock` in L1, and once the
 /// guest has halted `dsavmm remote` reads the vDSA's counters (printed between the markers below)
@@ -47,30 +56,46 @@ const API_RUN: usize = 0;
 const API_DSA_BEGIN: &str = "RIG-API-DSA-BEGIN";
 const API_DSA_END: &str = "RIG-API-DSA-END";
 
-/// A shell line for L1's /init that runs `dsavmm --api-sock S ARGS...`, waits for the guest to
-/// halt (or dsavmm to die), prints `GET /dsa/0` between markers, then sends `Shutdown`; its exit
-/// status is dsavmm's.
-fn api_run(args: &[&str]) -> Run {
+/// The shell script of [`api_run`].
+fn api_script(args: &[&str]) -> String {
     let quoted: Vec<String> = args
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
         .collect();
-    let script = format!(
+    format!(
         "S=/tmp/dsavmm-api.sock; dsavmm --api-sock $S {} & p=$!; \
          while kill -0 $p 2>/dev/null && ! dsavmm remote --api-sock $S info 2>/dev/null | grep -q Halted; \
          do sleep 1; done; \
          echo {API_DSA_BEGIN}; dsavmm remote --api-sock $S dsa 0; echo; echo {API_DSA_END}; \
          dsavmm remote --api-sock $S shutdown; wait $p",
         quoted.join(" ")
+    )
+}
+
+/// A shell line for L1's /init that runs `dsavmm --api-sock S ARGS...`, waits for the guest to
+/// halt (or dsavmm to die), prints `GET /dsa/0` between markers, then sends `Shutdown`; its exit
+/// status is dsavmm's.
+fn api_run(args: &[&str]) -> Run {
+    Run::command("sh", ["-c".to_string(), api_script(args)])
+}
+
+/// [`api_run`] with a `dsavmm dsa-server` serving the device: started first, waited for, and
+/// stopped after dsavmm; the exit status is dsavmm's.
+fn server_run(args: &[&str]) -> Run {
+    let script = format!(
+        "dsavmm dsa-server --socket {VFIO_USER_SOCKET} {VFIO_USER_SERVER_ARGS} & sp=$!; \
+         n=0; while [ ! -S {VFIO_USER_SOCKET} ] && [ $n -lt 50 ]; do sleep 1; n=$((n+1)); done; \
+         ( {} ); rc=$?; kill $sp; wait $sp; exit $rc",
+        api_script(args)
     );
     Run::command("sh", ["-c".to_string(), script])
 }
 
 /// The vDSA counters `GET /dsa/0` returned in the API run.
-fn api_counters(out: &RigOutput) -> Result<serde_json::Value, String> {
+fn api_counters(out: &RigOutput, run: usize) -> Result<serde_json::Value, String> {
     let lines: Vec<&str> = out
-        .lines_of(API_RUN, Layer::L2)
-        .chain(out.lines_of(API_RUN, Layer::Dsavmm))
+        .lines_of(run, Layer::L2)
+        .chain(out.lines_of(run, Layer::Dsavmm))
         .map(|l| l.text.as_str())
         .collect();
     let begin = lines
@@ -181,6 +206,8 @@ fn shared() -> &'static Result<Shared, String> {
                 ];
                 if i == API_RUN {
                     api_run(&args)
+                } else if i == VFIO_USER_RUN {
+                    server_run(&args)
                 } else {
                     Run::dsavmm(args)
                 }
@@ -546,17 +573,24 @@ fn vdsa_counters_through_the_api_match_dmatest() {
     if !datapath_ran("vdsa_counters_through_the_api_match_dmatest", shared) {
         return;
     }
-    let counters = match api_counters(&shared.out) {
+    for run in [API_RUN, VFIO_USER_RUN] {
+        check_counters(shared, run);
+    }
+}
+
+/// Run `run`'s vDSA counters (read over the API) against its dmatest results.
+fn check_counters(shared: &Shared, run: usize) -> serde_json::Value {
+    let counters = match api_counters(&shared.out, run) {
         Ok(c) => c,
         Err(e) => panic!(
-            "{e}\n{}",
+            "run {run}: {e}\n{}",
             shared
                 .out
-                .last_lines(&[Layer::L2, Layer::Dsavmm], Some(API_RUN), 30)
+                .last_lines(&[Layer::L2, Layer::Dsavmm], Some(run), 30)
                 .join("\n")
         ),
     };
-    let report = &shared.reports[API_RUN];
+    let report = &shared.reports[run];
     let tests: u64 = report.dmatest.iter().map(|d| d.tests).sum();
     assert!(tests > 0, "dmatest ran no test");
     let cases = report.dmatest_cases();
@@ -603,4 +637,46 @@ fn vdsa_counters_through_the_api_match_dmatest() {
     ] {
         assert_eq!(counters[zero].as_u64(), Some(0), "{zero}: {counters}");
     }
+    counters
+}
+
+/// The vfio-user run: the server executed every descriptor, L2's MOVDIR64B stores went straight
+/// into the mapped portal page (no portal store exited into dsavmm: exits per descriptor 0), and
+/// the server took them from the page.
+#[test]
+fn vfio_user_portal_is_mapped_with_zero_exits_per_descriptor() {
+    let shared = get();
+    if !datapath_ran(
+        "vfio_user_portal_is_mapped_with_zero_exits_per_descriptor",
+        shared,
+    ) {
+        return;
+    }
+    let counters = check_counters(shared, VFIO_USER_RUN);
+    let client = &counters["client"];
+    let server = &counters["server"];
+    println!(
+        "bench: linux_idxd run {VFIO_USER_RUN} (--dsa {VFIO_USER_SPEC}): exits_per_descriptor={} \
+         portal_exits={} register_messages={} mapped_descriptors={} trapped_descriptors={} \
+         descriptors={}",
+        counters["exits_per_descriptor"],
+        client["portal_exits"],
+        client["register_messages"],
+        server["mapped_descriptors"],
+        server["trapped_descriptors"],
+        counters["descriptors"],
+    );
+    assert_eq!(client["portal"], "mapped", "{counters}");
+    assert_eq!(client["portal_mapped_in_guest"], true, "{counters}");
+    assert_eq!(client["portal_exits"].as_u64(), Some(0), "{counters}");
+    assert_eq!(
+        counters["exits_per_descriptor"].as_f64(),
+        Some(0.0),
+        "{counters}"
+    );
+    assert_eq!(
+        server["mapped_descriptors"].as_u64(),
+        counters["descriptors"].as_u64(),
+        "every descriptor came through the mapped page: {counters}"
+    );
 }

@@ -362,9 +362,10 @@ impl Controller {
             ActionType::InstanceStart => {
                 self.require_not_started("InstanceStart")?;
                 self.start().map_err(|e| match e {
-                    VmError::Boot(_) | VmError::Config(_) | VmError::SerialFile(..) => {
-                        ApiError::BadRequest(e.to_string())
-                    }
+                    VmError::Boot(_)
+                    | VmError::Config(_)
+                    | VmError::SerialFile(..)
+                    | VmError::VfioUser(_) => ApiError::BadRequest(e.to_string()),
                     other => ApiError::Internal(other.to_string()),
                 })?;
             }

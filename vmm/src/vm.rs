@@ -73,6 +73,9 @@ pub enum VmError {
     /// The console file could not be opened.
     #[error("cannot open serial output {0}: {1}")]
     SerialFile(std::path::PathBuf, std::io::Error),
+    /// A vfio-user server could not be reached or serves no usable device.
+    #[error("DSA: {0}")]
+    VfioUser(String),
     /// A thread could not be started.
     #[error("cannot start {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -496,7 +499,7 @@ fn attach_dsa_devices(
                         DEVICE_SLOT_BASE + i as u32,
                         exit.clone(),
                     )
-                    .map_err(|e| VmError::Device("DSA", e.to_string()))?,
+                    .map_err(|e| VmError::VfioUser(e.to_string()))?,
                 ));
                 (DsaHandle::VfioUser(d.clone()), d)
             }

@@ -261,11 +261,11 @@ fn recv_some(s: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Vec<File
     Ok((n, fds))
 }
 
+/// A message as read: header, body, the descriptors that came with it.
+type Message = (Header, Vec<u8>, Vec<File>);
+
 /// Reads one whole message: header (with any descriptors) and body. `None` at a clean EOF.
-fn read_message(
-    s: &UnixStream,
-    check: bool,
-) -> Result<Option<(Header, Vec<u8>, Vec<File>)>, ServerError> {
+fn read_message(s: &UnixStream, check: bool) -> Result<Option<Message>, ServerError> {
     let mut h = [0u8; HEADER_SIZE];
     let (n, fds) = recv_some(s, &mut h).map_err(io_err("receive"))?;
     if n == 0 {
