@@ -351,3 +351,55 @@ fn clients_are_isolated_and_bounded() {
     let out = dsavmm(&["selftest", "--dsa", &one.spec("mapped")]);
     assert!(out.status.success(), "after the first client left");
 }
+
+/// `(thread name, Seccomp_filters)` of every thread of `pid`.
+fn filters_per_thread(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((
+            field("Name:"),
+            field("Seccomp_filters:").parse().unwrap_or(0),
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_server_thread_runs_under_its_filter() {
+    let dir = temp_dir("vfio-user-seccomp");
+    let server = Server::start(&dir, "s", &[]);
+    // A connected client (it sends nothing) starts a session: relay, protocol, reply, watcher.
+    let _client = UnixStream::connect(&server.socket).expect("connect");
+    let start = Instant::now();
+    let threads = loop {
+        let t = filters_per_thread(server.child.id());
+        if t.len() >= 5 || start.elapsed() > Duration::from_secs(5) {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for role in ["dsa-relay", "dsa-proto", "dsa-reply", "dsa-portal"] {
+        assert!(
+            threads.iter().any(|(n, _)| n == role),
+            "no {role} thread: {threads:?}"
+        );
+    }
+    // dsa_server + deny_open on every thread, the accepting one included.
+    assert!(
+        threads.iter().all(|(_, n)| *n == 2),
+        "a thread without both filters: {threads:?}"
+    );
+}
