@@ -234,6 +234,24 @@ fn real_main() -> anyhow::Result<i32> {
     Ok(events.run())
 }
 
+/// Raises the soft limit on open descriptors to the hard one: each client holds its DMA
+/// windows' descriptors (at most 1024), its eventfds and sockets.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct on our own stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("cannot raise RLIMIT_NOFILE");
+            }
+        }
+    }
+}
+
 /// `dsavmm dsa-server`: serves until killed.
 fn dsa_server(a: &cli::DsaServerArgs, seccomp: SeccompMode) -> anyhow::Result<i32> {
     use devices::vfio_user::client::PortalMode;
@@ -245,6 +263,7 @@ fn dsa_server(a: &cli::DsaServerArgs, seccomp: SeccompMode) -> anyhow::Result<i3
         total_wq_size: a.wq_size,
         ..Default::default()
     };
+    raise_fd_limit();
     let filter = Arc::new(Filter::new(ThreadKind::DsaServer, seccomp));
     let server = DsaServer::bind(ServerOptions {
         socket: a.socket.clone(),

@@ -233,7 +233,7 @@ fn garbage(socket: &Path, seed: u64) {
         h.extend_from_slice(&0u32.to_le_bytes());
         h
     };
-    let msg: Vec<u8> = match seed % 6 {
+    let msg: Vec<u8> = match seed % 7 {
         // Random bytes.
         0 => (0..4096).map(|_| next(&mut st) as u8).collect(),
         // A VERSION too short for its fixed part, then one without its NUL.
@@ -271,6 +271,20 @@ fn garbage(socket: &Path, seed: u64) {
         }
         // A truncated header, then nothing.
         4 => header(1, 4, 32, 0)[..7].to_vec(),
+        // A body the crate would skip (NO_REPLY on a REGION_READ), laid out as a VERSION
+        // header too short for its fixed part; and a write to a region that does not exist
+        // carrying another such header.
+        6 => {
+            let mut m = header(1, 9, 32, 0x10);
+            m.extend(header(2, 1, 16, 0));
+            let mut w = header(3, 10, 32 + 16, 0);
+            w.extend_from_slice(&0u64.to_le_bytes());
+            w.extend_from_slice(&10u32.to_le_bytes());
+            w.extend_from_slice(&16u32.to_le_bytes());
+            w.extend(header(4, 1, 21, 0));
+            m.extend(w);
+            m
+        }
         // Region accesses before any negotiation, out of range.
         _ => {
             let mut m = Vec::new();
@@ -298,7 +312,7 @@ fn garbage_on_the_socket_never_takes_the_server_down() {
     }
     let dir = temp_dir("vfio-user-garbage");
     let mut server = Server::start(&dir, "s", &["--wqs", "1"]);
-    for seed in 0..60u64 {
+    for seed in 0..70u64 {
         garbage(&server.socket, seed);
         assert!(server.alive(), "the server died on garbage seed {seed}");
     }

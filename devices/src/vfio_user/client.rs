@@ -323,7 +323,22 @@ impl VfioUserDsa {
         // Every vector starts masked: park them all.
         dev.sync_vectors();
         if dev.conn.lock().unwrap_or_else(|e| e.into_inner()).failed {
-            return Err(bad("the server refused the interrupt set-up".into()));
+            return Err(bad(
+                "the connection failed during the interrupt set-up".into()
+            ));
+        }
+        // The crate's client does not look at error replies: ask a dsa-server (its statistics
+        // region) whether it took guest RAM; another server is taken at its word.
+        if let Some(windows) = dev
+            .server_stats()
+            .and_then(|v| v["server"]["dma_windows"].as_u64())
+        {
+            if windows != ram.len() as u64 {
+                return Err(bad(format!(
+                    "the server accepted {windows} of {} guest RAM windows (see its log)",
+                    ram.len()
+                )));
+            }
         }
         Ok(dev)
     }

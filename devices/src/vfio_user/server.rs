@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub thread_start: Option<ThreadStart>,
 }
 
+/// How long a reply may wait for a client that does not read its socket.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most descriptors one message may carry (as the crate's server reads them).
 const MAX_FDS: usize = 16;
 
@@ -122,6 +124,26 @@ impl DsaServer {
             let (stream, _) = match self.listener.accept() {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // Out of descriptors or memory, or a client that gave up while queued: the
+                // server goes on (after a pause, so that a full table can drain).
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::EMFILE
+                                | libc::ENFILE
+                                | libc::ENOMEM
+                                | libc::ENOBUFS
+                                | libc::ECONNABORTED
+                                | libc::EPROTO
+                                | libc::EPERM
+                        )
+                    ) =>
+                {
+                    tracing::warn!("accept: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
                 Err(e) => return Err(ServerError::Io("accept", e)),
             };
             if stop.load(Ordering::Acquire) {
@@ -160,13 +182,37 @@ impl DsaServer {
 
 /// A directory only this user can enter, for the relay's private socket.
 fn private_dir(id: u64) -> Result<PathBuf, ServerError> {
+    use std::hash::{BuildHasher, Hasher};
     use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("dsavmm-dsa-{}-{id}", std::process::id()));
+    // Unpredictable (another user cannot pre-create it), from the kernel's random bytes.
+    let nonce = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let dir = std::env::temp_dir().join(format!(
+        "dsavmm-dsa-{}-{id}-{nonce:016x}",
+        std::process::id()
+    ));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
         .map_err(io_err("create the private socket directory"))?;
     Ok(dir)
+}
+
+/// Ends a session whichever way it ends: stops the watcher and shuts both sockets down, so
+/// that every thread of the session returns (the protocol and reply threads see EOF).
+struct Teardown {
+    stop: Arc<AtomicBool>,
+    sockets: Vec<UnixStream>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for s in &self.sockets {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), ServerError> {
@@ -190,56 +236,74 @@ fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), 
     let _ = std::fs::remove_file(&inner_path);
     let _ = std::fs::remove_dir(&dir);
     let inner = inner.map_err(io_err("connect the relay"))?;
-
+    let clone = |s: &UnixStream| s.try_clone().map_err(io_err("clone a session socket"));
+    let (client_out, inner_in) = (clone(&client)?, clone(&inner)?);
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (portal, dev, stop, counters) = (
-            session.portal(),
-            session.device(),
-            stop.clone(),
-            session.watch_counters(),
+    let mut threads = Vec::new();
+    let result = {
+        let _teardown = Teardown {
+            stop: stop.clone(),
+            sockets: vec![clone(&client)?, clone(&inner)?],
+        };
+        let (portal, dev, counters) =
+            (session.portal(), session.device(), session.watch_counters());
+        let watch_stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("dsa-portal".into())
+                .spawn(move || {
+                    shared_portal::watch(portal, dev, watch_stop, counters);
+                    Ok(())
+                })
+                .map_err(io_err("spawn the portal watcher"))?,
         );
-        std::thread::Builder::new()
-            .name("dsa-portal".into())
-            .spawn(move || shared_portal::watch(portal, dev, stop, counters))
-            .map_err(io_err("spawn the portal watcher"))?
-    };
-    let proto = {
         let mut session = session;
-        std::thread::Builder::new()
-            .name("dsa-proto".into())
-            .spawn(move || server.run(&mut session).map_err(ServerError::Protocol))
-            .map_err(io_err("spawn the protocol thread"))?
-    };
-    let out = Arc::new(Mutex::new(
-        client
-            .try_clone()
-            .map_err(io_err("clone the client socket"))?,
-    ));
-    let reply = {
-        let out = out.clone();
-        let inner = inner
-            .try_clone()
-            .map_err(io_err("clone the relay socket"))?;
-        std::thread::Builder::new()
+        threads.push(
+            std::thread::Builder::new()
+                .name("dsa-proto".into())
+                .spawn(move || server.run(&mut session).map_err(ServerError::Protocol))
+                .map_err(io_err("spawn the protocol thread"))?,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A client that stops reading its replies gets a bounded wait, then the session ends.
+        let _ = client_out.set_write_timeout(Some(REPLY_TIMEOUT));
+        let reply = std::thread::Builder::new()
             .name("dsa-reply".into())
-            .spawn(move || pump_replies(&inner, &out))
-            .map_err(io_err("spawn the reply thread"))?
+            .spawn(move || {
+                let r = pump_replies(&inner_in, &client_out, rx);
+                // A client that stopped reading (or left) must not leave the request side
+                // blocked on a full socket: end both directions.
+                let _ = inner_in.shutdown(std::net::Shutdown::Both);
+                let _ = client_out.shutdown(std::net::Shutdown::Both);
+                r
+            })
+            .map_err(io_err("spawn the reply thread"))?;
+        let r = pump_requests(&client, &inner, &tx);
+        // The client is done sending: the crate answers what it has, then sees EOF, and the
+        // reply thread sends those answers before it ends.
+        drop(tx);
+        let _ = inner.shutdown(std::net::Shutdown::Write);
+        if let Ok(Err(e)) = reply.join() {
+            tracing::debug!("client {id}: {e}");
+        }
+        r
+        // `_teardown` ends the rest of the session here, on every path.
     };
-
-    let result = pump_requests(&client, &inner, &out);
-    // Whatever ended the requests ends the session: the protocol thread sees EOF, the reply
-    // thread sees EOF, the watcher stops, and the session (its device) is dropped.
-    let _ = inner.shutdown(std::net::Shutdown::Both);
-    let _ = client.shutdown(std::net::Shutdown::Both);
-    stop.store(true, Ordering::Release);
-    let _ = watcher.join();
-    let proto_result = proto.join();
-    let _ = reply.join();
-    if let Ok(Err(e)) = proto_result {
-        tracing::debug!("client {id}: protocol thread: {e}");
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            tracing::debug!("client {id}: {e}");
+        }
     }
     result
+}
+
+/// What the reply thread sends back for each request, in request order.
+enum Pending {
+    /// Forwarded to the crate, which answers it; the client asked for no reply (only an error
+    /// reply then reaches it).
+    Forwarded { no_reply: bool },
+    /// Refused by the framing check: this error reply.
+    Rejected([u8; HEADER_SIZE]),
 }
 
 /// Receives up to `buf.len()` bytes and the descriptors that came with them.
@@ -303,11 +367,20 @@ fn send_message(s: &UnixStream, msg: &[u8], fds: &[RawFd]) -> std::io::Result<()
 fn pump_requests(
     client: &UnixStream,
     inner: &UnixStream,
-    out: &Mutex<UnixStream>,
+    order: &std::sync::mpsc::Sender<Pending>,
 ) -> Result<(), ServerError> {
+    let gone = || ServerError::Io("reply thread", std::io::ErrorKind::BrokenPipe.into());
     while let Some((header, body, fds)) = read_message(client, true)? {
+        let no_reply = header.flags & wire::FLAG_NO_REPLY != 0;
         match wire::check(&header, &body, fds.len()) {
-            Verdict::Forward(msg) => {
+            Verdict::Forward(mut msg) => {
+                // The crate always answers; the reply thread drops a success the client did
+                // not want, so replies stay in request order.
+                let flags = header.flags & !wire::FLAG_NO_REPLY;
+                msg[8..12].copy_from_slice(&flags.to_le_bytes());
+                order
+                    .send(Pending::Forwarded { no_reply })
+                    .map_err(|_| gone())?;
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                 send_message(inner, &msg, &raw).map_err(io_err("forward"))?;
             }
@@ -317,25 +390,37 @@ fn pump_requests(
                     header.command,
                     header.size
                 );
-                let reply = header.error_reply(errno).to_bytes();
-                out.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write_all(&reply)
-                    .map_err(io_err("reply"))?;
+                order
+                    .send(Pending::Rejected(header.error_reply(errno).to_bytes()))
+                    .map_err(|_| gone())?;
             }
         }
     }
     Ok(())
 }
 
-fn pump_replies(inner: &UnixStream, out: &Mutex<UnixStream>) -> Result<(), ServerError> {
-    while let Some((mut header, body, fds)) = read_message(inner, false)? {
-        wire::fix_reply(&mut header);
-        let mut msg = header.to_bytes().to_vec();
-        msg.extend_from_slice(&body);
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        send_message(&out.lock().unwrap_or_else(|e| e.into_inner()), &msg, &raw)
-            .map_err(io_err("send a reply"))?;
+fn pump_replies(
+    inner: &UnixStream,
+    out: &UnixStream,
+    order: std::sync::mpsc::Receiver<Pending>,
+) -> Result<(), ServerError> {
+    for pending in order {
+        match pending {
+            Pending::Rejected(reply) => (&*out).write_all(&reply).map_err(io_err("reply"))?,
+            Pending::Forwarded { no_reply } => {
+                let Some((mut header, body, fds)) = read_message(inner, false)? else {
+                    return Ok(());
+                };
+                wire::fix_reply(&mut header);
+                if no_reply && header.flags & wire::FLAG_ERROR == 0 {
+                    continue;
+                }
+                let mut msg = header.to_bytes().to_vec();
+                msg.extend_from_slice(&body);
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                send_message(out, &msg, &raw).map_err(io_err("send a reply"))?;
+            }
+        }
     }
     Ok(())
 }

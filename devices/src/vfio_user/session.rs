@@ -44,8 +44,12 @@ pub const STATS_REGION: u32 = 9;
 pub const STATS_REGION_SIZE: u64 = 0x10000;
 /// Size of the configuration-space region (PCIe extended space; above 256 reads 0).
 pub const CONFIG_REGION_SIZE: u64 = 0x1000;
-/// The most DMA windows one client may map (a vIOMMU maps many small ones).
-pub const MAX_DMA_WINDOWS: usize = 65536;
+/// The most DMA windows one client may map. Each holds a descriptor and a mapping, so the
+/// bound keeps a client far from the process's descriptor limit and `vm.max_map_count`; a
+/// vIOMMU's many small windows fit (guest RAM is usually a handful of windows).
+pub const MAX_DMA_WINDOWS: usize = 1024;
+
+const _: () = assert!(STATS_REGION + 1 == super::wire::NUM_REGIONS);
 
 fn einval(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string())
@@ -63,8 +67,10 @@ impl MsiInterruptSink for EventfdSink {
     fn trigger(&self, vector: u16) {
         let fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(Some(fd)) = fds.get(usize::from(vector)) {
+            // A full or broken descriptor is the client's problem: the signal is dropped, at
+            // debug level (a client must not be able to fill the server's log).
             if let Err(e) = fd.write(1) {
-                tracing::warn!("MSI-X vector {vector}: eventfd write: {e}");
+                tracing::debug!("MSI-X vector {vector}: eventfd write: {e}");
             }
         }
     }
@@ -87,11 +93,12 @@ pub struct SessionCounters {
     pub dma_maps_without_fd: AtomicU64,
 }
 
-/// A 64-byte portal slot being filled by smaller trapped stores.
+/// A 64-byte portal slot being filled by smaller trapped stores (in any order; no byte twice).
 #[derive(Clone, Copy)]
 struct Reassembly {
     slot: u64,
-    filled: usize,
+    /// Bit i: byte i written.
+    filled: u64,
     bytes: [u8; DESC_SIZE],
 }
 
@@ -256,8 +263,9 @@ impl Session {
     }
 
     /// A trapped store to BAR2: a whole aligned 64-byte write is a descriptor; smaller stores
-    /// are collected per slot, in order from its first byte, and submitted when the slot is
-    /// full (docs/vfio-user.md, "Trapped portals").
+    /// are collected per slot, in any order but each byte once, and submitted when the slot is
+    /// full (docs/vfio-user.md, "Trapped portals"). A store that crosses a slot, writes a byte
+    /// twice, or goes to another slot before this one filled discards the partial slot.
     fn portal_store(&mut self, offset: u64, data: &[u8]) {
         self.counters
             .trapped_portal_writes
@@ -271,17 +279,18 @@ impl Session {
             self.submit(slot, data);
             return;
         }
-        let fits = within + data.len() <= DESC_SIZE;
+        if data.is_empty() || within + data.len() > DESC_SIZE {
+            if self.reassembly.take().is_some() || !data.is_empty() {
+                self.counters.torn_slots.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mask = (u64::MAX >> (64 - data.len())) << within;
         let mut r = match self.reassembly.take() {
-            Some(r) if r.slot == slot && r.filled == within && fits => r,
+            Some(r) if r.slot == slot && r.filled & mask == 0 => r,
             other => {
                 if other.is_some() {
                     self.counters.torn_slots.fetch_add(1, Ordering::Relaxed);
-                }
-                if within != 0 || !fits {
-                    // Not the start of a slot: nothing to build on.
-                    self.counters.torn_slots.fetch_add(1, Ordering::Relaxed);
-                    return;
                 }
                 Reassembly {
                     slot,
@@ -291,8 +300,8 @@ impl Session {
             }
         };
         r.bytes[within..within + data.len()].copy_from_slice(data);
-        r.filled += data.len();
-        if r.filled == DESC_SIZE {
+        r.filled |= mask;
+        if r.filled == u64::MAX {
             self.submit(slot, &r.bytes);
         } else {
             self.reassembly = Some(r);
@@ -323,6 +332,18 @@ impl Session {
     }
 }
 
+/// Sets O_NONBLOCK on a descriptor a client sent.
+fn set_nonblocking(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
 /// Reads configuration space dword by dword through the device.
 fn config_read(dev: &mut DsaDevice, offset: u64, data: &mut [u8]) {
     for (k, b) in data.iter_mut().enumerate() {
@@ -344,11 +365,13 @@ fn config_write(dev: &mut DsaDevice, offset: u64, data: &[u8]) {
     }
 }
 
-fn check_range(offset: u64, len: usize, size: u64) -> Result<(), std::io::Error> {
-    match offset.checked_add(len as u64) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(einval("access outside the region")),
-    }
+/// Whether an access lies inside a region of `size` bytes. One that does not is answered as a
+/// bus answers an access to nothing (reads all ones, writes dropped), never with an error
+/// reply: the crate's client would wait forever for the rest of a reply it expects whole.
+fn inside(offset: u64, len: usize, size: u64) -> bool {
+    offset
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= size)
 }
 
 impl ServerBackend for Session {
@@ -356,34 +379,29 @@ impl ServerBackend for Session {
         if region == VFIO_PCI_BAR0_REGION_INDEX || region == VFIO_PCI_CONFIG_REGION_INDEX {
             self.sweep_portal();
         }
+        data.fill(0xff);
+        let dev = &self.dev;
         match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                check_range(offset, data.len(), CONFIG_REGION_SIZE)?;
+            VFIO_PCI_CONFIG_REGION_INDEX if inside(offset, data.len(), CONFIG_REGION_SIZE) => {
                 config_read(
-                    &mut self.dev.lock().unwrap_or_else(|e| e.into_inner()),
+                    &mut dev.lock().unwrap_or_else(|e| e.into_inner()),
                     offset,
                     data,
                 );
             }
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                check_range(offset, data.len(), regs::BAR0_SIZE)?;
-                self.dev
-                    .lock()
+            VFIO_PCI_BAR0_REGION_INDEX if inside(offset, data.len(), regs::BAR0_SIZE) => {
+                dev.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .bar_read(BAR_REGS, offset, data);
             }
-            VFIO_PCI_BAR2_REGION_INDEX => {
-                check_range(offset, data.len(), self.cfg.portal_bar_size())?;
-                data.fill(0xff);
-            }
-            STATS_REGION => {
-                check_range(offset, data.len(), STATS_REGION_SIZE)?;
+            STATS_REGION if inside(offset, data.len(), STATS_REGION_SIZE) => {
                 let doc = self.stats_json();
                 for (k, b) in data.iter_mut().enumerate() {
                     *b = doc.get(offset as usize + k).copied().unwrap_or(0);
                 }
             }
-            _ => return Err(einval("no such region")),
+            // Portal reads, absent regions, accesses past an end: all ones.
+            _ => {}
         }
         Ok(())
     }
@@ -393,26 +411,26 @@ impl ServerBackend for Session {
             self.sweep_portal();
         }
         match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                check_range(offset, data.len(), CONFIG_REGION_SIZE)?;
+            VFIO_PCI_CONFIG_REGION_INDEX if inside(offset, data.len(), CONFIG_REGION_SIZE) => {
                 config_write(
                     &mut self.dev.lock().unwrap_or_else(|e| e.into_inner()),
                     offset,
                     data,
                 );
             }
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                check_range(offset, data.len(), regs::BAR0_SIZE)?;
+            VFIO_PCI_BAR0_REGION_INDEX if inside(offset, data.len(), regs::BAR0_SIZE) => {
                 self.dev
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .bar_write(BAR_REGS, offset, data);
             }
-            VFIO_PCI_BAR2_REGION_INDEX => {
-                check_range(offset, data.len(), self.cfg.portal_bar_size())?;
+            VFIO_PCI_BAR2_REGION_INDEX
+                if inside(offset, data.len(), self.cfg.portal_bar_size()) =>
+            {
                 self.portal_store(offset, data);
             }
-            _ => return Err(einval("region not writable")),
+            // Read-only or absent regions, accesses past an end: dropped.
+            _ => {}
         }
         Ok(())
     }
@@ -466,15 +484,23 @@ impl ServerBackend for Session {
         let _dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
         self.counters.dma_unmaps.fetch_add(1, Ordering::Relaxed);
         let current = self.mem.memory();
-        let end = address.saturating_add(size);
         let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
-        // Windows wholly inside the range go; a window the range only cuts stays mapped (the
-        // specification does not split windows).
-        let gone: Vec<(GuestAddress, u64)> = current
-            .iter()
-            .map(|r| (r.start_addr(), r.len()))
-            .filter(|(s, l)| all || (s.0 >= address && s.0.saturating_add(*l) <= end))
-            .collect();
+        let end = address.saturating_add(size);
+        // The specification unmaps exactly a previous window. A range covering several whole
+        // windows removes them (a vIOMMU unmaps large ranges); one that cuts a window is
+        // refused and changes nothing, so nothing the client believes revoked stays reachable
+        // without it knowing. A range covering nothing is a no-op.
+        let mut gone = Vec::new();
+        for r in current.iter() {
+            let (s, e) = (r.start_addr().0, r.start_addr().0.saturating_add(r.len()));
+            if all || (s >= address && e <= end) {
+                gone.push((r.start_addr(), r.len()));
+            } else if s < end && address < e {
+                return Err(einval(&format!(
+                    "DMA_UNMAP {address:#x}+{size:#x} cuts the window {s:#x}..{e:#x}"
+                )));
+            }
+        }
         let mut next = (*current).clone();
         for (base, len) in gone {
             if let Ok((rest, _)) = next.remove_region(base, len) {
@@ -534,11 +560,16 @@ impl ServerBackend for Session {
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
             let mut fds = fds.into_iter();
             for slot in table.iter_mut().skip(start).take(count) {
-                // SAFETY: each File is a descriptor the kernel passed us with this message,
-                // owned by nothing else; EventFd takes it over.
-                *slot = fds.next().map(|f| unsafe {
-                    use std::os::fd::{FromRawFd, IntoRawFd};
-                    EventFd::from_raw_fd(f.into_raw_fd())
+                *slot = fds.next().map(|f| {
+                    // Never block the device on a client's descriptor (a full eventfd, a
+                    // pipe nobody reads): a signal that would block is dropped.
+                    set_nonblocking(&f);
+                    // SAFETY: each File is a descriptor the kernel passed us with this message,
+                    // owned by nothing else; EventFd takes it over.
+                    unsafe {
+                        use std::os::fd::{FromRawFd, IntoRawFd};
+                        EventFd::from_raw_fd(f.into_raw_fd())
+                    }
                 });
             }
             return Ok(());

@@ -3,9 +3,12 @@
 //!
 //! A hardware portal is a doorbell; shared memory is a mailbox. Each 64-byte slot holds at
 //! most one descriptor: the writer (the guest's MOVDIR64B, or dsavmm when it emulates one)
-//! stores 64 bytes, the server's watcher sees a slot that is not all zero, reads it until two
-//! reads agree (the rig's TCG stores MOVDIR64B as eight 8-byte stores, so a slot may be seen
-//! half written: a torn slot is never taken), zeroes it and submits it. docs/vfio-user.md
+//! stores 64 bytes, its first quadword last; the server's watcher sees a slot whose first
+//! quadword is not zero, reads it until two reads agree, empties it and submits it. (The rig's
+//! TCG stores MOVDIR64B as eight 8-byte stores, from the last quadword down to the first, so a
+//! slot seen half written has a zero first quadword and is not taken; a CPU stores all 64
+//! bytes at once. A descriptor whose first 8 bytes are zero, a NOOP asking for nothing, cannot
+//! be told from an empty slot.) docs/vfio-user.md
 //! ("Mapped portals") gives the costs: one scan of every slot per poll (128 KiB for 8 WQs),
 //! polling that spins for [`SPIN_WINDOW`] after the last descriptor and then sleeps up to
 //! [`MAX_SLEEP`]; and the rule a guest must follow (a slot written again before the watcher
@@ -62,6 +65,9 @@ pub enum PortalError {
     /// mmap failed.
     #[error("cannot map the portal pages: {0}")]
     Map(vm_memory::mmap::MmapRegionError),
+    /// The pages are not a memfd sealed against shrinking, or too short.
+    #[error("portal pages: {0}")]
+    Unsealed(String),
 }
 
 /// A new memfd of `size` zero bytes (guest RAM to share, portal pages), sealed against
@@ -103,7 +109,10 @@ pub fn check_window(file: &File, offset: u64, size: u64) -> Result<(), String> {
     }
     // SAFETY: F_GET_SEALS on a descriptor we own; no memory is passed.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals >= 0 && seals & libc::F_SEAL_SHRINK == 0 {
+    if seals < 0 {
+        return Err("not a memfd (only a memfd sealed against shrinking can be shared)".into());
+    }
+    if seals & libc::F_SEAL_SHRINK == 0 {
         return Err("the memfd is not sealed against shrinking (F_SEAL_SHRINK)".into());
     }
     Ok(())
@@ -119,6 +128,7 @@ impl SharedPortal {
     /// Maps `size` bytes of portal at `offset` of a memfd received from the server (the
     /// client's side), and the doorbell page after them when the file has one.
     pub fn map(file: File, offset: u64, size: u64) -> Result<Self, PortalError> {
+        check_window(&file, offset, size).map_err(PortalError::Unsealed)?;
         let file_len = file.metadata().map_err(PortalError::Memfd)?.len();
         let doorbell = offset
             .checked_add(size + DOORBELL_PAGE)
@@ -214,6 +224,8 @@ impl SharedPortal {
         self.map.as_ptr() as u64
     }
 
+    /// Reads a slot, its first quadword first: a writer stores it last, so once it is seen
+    /// the rest is there (x86 orders stores, and these loads are acquires).
     fn read_slot(&self, off: usize) -> Option<[u64; 8]> {
         if off.checked_add(DESC_SIZE)? > self.portal_len {
             return None;
@@ -226,6 +238,7 @@ impl SharedPortal {
         Some(q)
     }
 
+    /// Writes a slot from its last quadword down to its first (the one that makes it whole).
     fn store_slot(&self, off: usize, q: &[u64; 8]) -> bool {
         if off
             .checked_add(DESC_SIZE)
@@ -236,21 +249,31 @@ impl SharedPortal {
         let s = self.map.as_volatile_slice();
         q.iter()
             .enumerate()
+            .rev()
             .all(|(i, v)| s.store(*v, off + 8 * i, Ordering::Release).is_ok())
     }
 
-    /// Takes the descriptor in the slot at `off` if there is a whole one: not all zero, and
-    /// the same in two reads in a row. The slot is zeroed before it is returned.
+    /// Empties a slot, its first quadword first (so that a half-emptied slot reads empty).
+    fn clear_slot(&self, off: usize) {
+        let s = self.map.as_volatile_slice();
+        for i in 0..8 {
+            let _ = s.store(0u64, off + 8 * i, Ordering::Release);
+        }
+    }
+
+    /// Takes the descriptor in the slot at `off` if there is a whole one: its first quadword
+    /// (written last: pasid, flags, opcode) not zero, and the same slot in two reads in a row.
+    /// The slot is emptied before it is returned.
     pub fn take(&self, off: usize) -> Option<[u8; DESC_SIZE]> {
         let mut seen = self.read_slot(off)?;
-        if seen == [0; 8] {
+        if seen[0] == 0 {
             return None;
         }
         for _ in 0..STABLE_TRIES {
             std::hint::spin_loop();
             let again = self.read_slot(off)?;
             if again == seen {
-                self.store_slot(off, &[0; 8]);
+                self.clear_slot(off);
                 let mut d = [0u8; DESC_SIZE];
                 for (i, v) in seen.iter().enumerate() {
                     d[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
@@ -269,7 +292,7 @@ impl SharedPortal {
         loop {
             match self.read_slot(off) {
                 None => return false,
-                Some(q) if q == [0; 8] => break,
+                Some(q) if q[0] == 0 => break,
                 Some(_) if start.elapsed() >= wait => return false,
                 Some(_) => std::thread::yield_now(),
             }
@@ -364,6 +387,12 @@ mod tests {
         assert!(p.post(64, &d, Duration::ZERO));
         p.clear();
         assert_eq!(p.take(64), None);
+        // A slot with its first quadword still zero is in flight, never taken.
+        let s = p.map.as_volatile_slice();
+        s.store(0x1234u64, 128 + 8, Ordering::Release).unwrap();
+        assert_eq!(p.take(128), None);
+        s.store(0x1u64, 128, Ordering::Release).unwrap();
+        assert!(p.take(128).is_some());
         // Outside the mapping.
         assert_eq!(p.take(0x4000), None);
         assert!(!p.post(0x4000, &d, Duration::ZERO));

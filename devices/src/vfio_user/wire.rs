@@ -19,6 +19,9 @@ pub const MAX_DATA_XFER: u32 = 1 << 20;
 pub const MAX_MESSAGE: u32 = (HEADER_SIZE + 16) as u32 + MAX_DATA_XFER;
 /// The longest VERSION capabilities string accepted.
 pub const MAX_VERSION_JSON: usize = 4096;
+/// Regions the server announces (BAR0..5, ROM, config, VGA, statistics): REGION_READ/WRITE
+/// must name one of them.
+pub const NUM_REGIONS: u32 = 10;
 /// The most vectors one SET_IRQS may name (a PCI function has at most 2048 MSI-X vectors).
 pub const MAX_IRQS: u32 = 2048;
 
@@ -174,9 +177,21 @@ pub fn check(h: &Header, body: &[u8], fds: usize) -> Verdict {
         }
     };
     let no_fds = || if fds == 0 { Ok(()) } else { Err(EINVAL) };
+    // The crate's server returns early, before reading the body, for these commands with
+    // NO_REPLY set (and for a REGION_WRITE to a region it does not have): the unread body
+    // would then be taken as the next header. So they are refused here.
+    let reply_needed = || {
+        if h.flags & FLAG_NO_REPLY != 0 {
+            Err(EINVAL)
+        } else {
+            Ok(())
+        }
+    };
+    let region_ok = |r: u32| if r < NUM_REGIONS { Ok(()) } else { Err(EINVAL) };
     let r: Result<usize, i32> = (|| match h.command {
         cmd::VERSION => {
             no_fds()?;
+            reply_needed()?;
             fixed(5)?;
             let json = &body[4..];
             let major = u16::from_le_bytes([body[0], body[1]]);
@@ -208,15 +223,21 @@ pub fn check(h: &Header, body: &[u8], fds: usize) -> Verdict {
             if u32_at(body, 4) & 2 != 0 {
                 return Err(ENOTSUP);
             }
+            // UNMAP_ALL (bit 2) names no range.
+            if u32_at(body, 4) & 4 != 0 && (u64_at(body, 8) != 0 || u64_at(body, 16) != 0) {
+                return Err(EINVAL);
+            }
             Ok(24)
         }
         cmd::DEVICE_GET_INFO => {
             no_fds()?;
+            reply_needed()?;
             fixed(16)?;
             Ok(16)
         }
         cmd::DEVICE_GET_REGION_INFO | cmd::DEVICE_GET_IRQ_INFO => {
             no_fds()?;
+            reply_needed()?;
             let n = if h.command == cmd::DEVICE_GET_REGION_INFO {
                 32
             } else {
@@ -243,6 +264,8 @@ pub fn check(h: &Header, body: &[u8], fds: usize) -> Verdict {
         }
         cmd::REGION_READ => {
             no_fds()?;
+            reply_needed()?;
+            region_ok(u32_at(body, 8))?;
             if body.len() != 16 || u32_at(body, 12) > MAX_DATA_XFER {
                 return Err(EINVAL);
             }
@@ -251,6 +274,7 @@ pub fn check(h: &Header, body: &[u8], fds: usize) -> Verdict {
         cmd::REGION_WRITE => {
             no_fds()?;
             fixed(16)?;
+            region_ok(u32_at(body, 8))?;
             let count = u32_at(body, 12);
             if count > MAX_DATA_XFER || body.len() != 16 + count as usize {
                 return Err(EINVAL);
@@ -427,6 +451,34 @@ mod tests {
             check(&hdr(cmd::DEVICE_SET_IRQS, 20), &irqs, 3),
             Verdict::Reject(libc::EINVAL)
         );
+    }
+
+    #[test]
+    fn no_reply_and_absent_regions_where_the_crate_would_skip_the_body() {
+        for c in [
+            cmd::VERSION,
+            cmd::DEVICE_GET_INFO,
+            cmd::DEVICE_GET_REGION_INFO,
+            cmd::DEVICE_GET_IRQ_INFO,
+            cmd::REGION_READ,
+        ] {
+            let body = vec![0u8; 64];
+            let mut h = hdr(c, 64);
+            h.flags = FLAG_NO_REPLY;
+            assert_eq!(check(&h, &body, 0), Verdict::Reject(libc::EINVAL), "{c}");
+        }
+        let mut w = vec![0u8; 24];
+        w[8..12].copy_from_slice(&NUM_REGIONS.to_le_bytes());
+        w[12..16].copy_from_slice(&8u32.to_le_bytes());
+        assert_eq!(
+            check(&hdr(cmd::REGION_WRITE, 24), &w, 0),
+            Verdict::Reject(libc::EINVAL)
+        );
+        // A posted write to a real region is fine.
+        w[8..12].copy_from_slice(&0u32.to_le_bytes());
+        let mut h = hdr(cmd::REGION_WRITE, 24);
+        h.flags = FLAG_NO_REPLY;
+        assert!(matches!(check(&h, &w, 0), Verdict::Forward(_)));
     }
 
     #[test]

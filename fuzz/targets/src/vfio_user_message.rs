@@ -149,6 +149,21 @@ pub fn outcome(data: &[u8]) -> String {
             Verdict::Forward(m) => {
                 let forwarded = Header::parse(&m[..HEADER_SIZE].try_into().expect("header"));
                 assert_eq!(forwarded.size as usize, m.len(), "size field of {header:?}");
+                // The crate returns before reading the body of these with NO_REPLY, and of a
+                // region access to a region it lacks: such a message must never get through.
+                if matches!(
+                    header.command,
+                    cmd::VERSION
+                        | cmd::DEVICE_GET_INFO
+                        | cmd::DEVICE_GET_REGION_INFO
+                        | cmd::DEVICE_GET_IRQ_INFO
+                        | cmd::REGION_READ
+                ) {
+                    assert_eq!(header.flags & wire::FLAG_NO_REPLY, 0, "{header:?}");
+                }
+                if matches!(header.command, cmd::REGION_READ | cmd::REGION_WRITE) {
+                    assert!(u32_at(&m, 24) < wire::NUM_REGIONS, "{header:?}");
+                }
                 match header.command {
                     cmd::VERSION => {
                         let json = &m[HEADER_SIZE + 4..];
