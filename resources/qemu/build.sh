@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Build the nested test rig's QEMU: Debian bookworm's qemu 7.2 source with
-# resources/qemu/movdir64b.patch (MOVDIR64B/MOVDIRI in TCG), x86_64-softmmu only,
-# every optional feature off.
+# Build the nested test rig's QEMU: a Debian qemu source package with a
+# MOVDIR64B/MOVDIRI patch for TCG, x86_64-softmmu only, every optional feature off.
+#
+# DSAVMM_QEMU_VERSION selects the source (default 7.2):
+#   7.2   Debian bookworm qemu 1:7.2+dfsg-7+deb12u18 + movdir64b.patch,
+#         system meson, firmware from bookworm's qemu-system-data.
+#   10.2  Debian sid qemu 1:10.2.2+ds-1 + movdir64b-10.2.patch (has the
+#         vfio-user-pci client), meson 1.9.0 in a venv (pip), firmware from
+#         bookworm's qemu-system-data plus bookworm's seabios (bios-256k.bin
+#         for -M q35).
 #
 # Output (stdout, exactly two lines; all progress goes to stderr):
 #   <cache>/bin/qemu-system-x86_64
@@ -10,8 +17,9 @@
 #
 # Cache dir: $DSAVMM_QEMU_CACHE if set, else
 #   ${DSAVMM_CACHE:-<repo>/target/cache}/qemu-<key>
-# where <key> = first 16 hex digits of sha256(movdir64b.patch, build.sh, source version).
-# Downloads (source package, qemu-system-data .deb, a private apt list dir) are kept in
+# where <key> = first 16 hex digits of sha256(patch, build.sh, source and firmware
+# versions); the selected version is part of the key.
+# Downloads (source packages, firmware .debs, private apt list dirs, the meson venv) are kept in
 #   ${DSAVMM_CACHE:-<repo>/target/cache}/qemu-downloads
 # and reused.  Set DSAVMM_QEMU_JOBS to change the build parallelism (default 2).
 #
@@ -20,20 +28,43 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-patch_file="$here/movdir64b.patch"
-
-# Debian bookworm source and firmware versions (the rig's qemu-system-x86 is
-# 1:7.2+dfsg-7+deb12u18+b3, a binNMU of this source).
-src_version="1:7.2+dfsg-7+deb12u18"
-src_upstream="7.2+dfsg"
-data_version="1:7.2+dfsg-7+deb12u18"
 jobs="${DSAVMM_QEMU_JOBS:-2}"
 
 log() { echo "qemu/build.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+qemu_version="${DSAVMM_QEMU_VERSION:-7.2}"
+# Firmware always comes from bookworm: qemu-system-data 7.2 (qboot as
+# bios-microvm.bin, pvh.bin, linuxboot_dma.bin, ...); 10.2 also takes seabios.
+data_version="1:7.2+dfsg-7+deb12u18"
+case "$qemu_version" in
+7.2)
+    # The rig's qemu-system-x86 is 1:7.2+dfsg-7+deb12u18+b3, a binNMU of this source.
+    src_version="1:7.2+dfsg-7+deb12u18"
+    src_upstream="7.2+dfsg"
+    src_suite=bookworm
+    patch_file="$here/movdir64b.patch"
+    seabios_version=""
+    meson_version=""            # system meson (bookworm 1.0.1)
+    ;;
+10.2)
+    # Only sid's 10.2.2 downloads from the mirror (its 11.1.x files gave 404).
+    src_version="1:10.2.2+ds-1"
+    src_upstream="10.2.2+ds"
+    src_suite=sid
+    patch_file="$here/movdir64b-10.2.patch"
+    seabios_version="1.16.2-1"
+    meson_version="1.9.0"       # QEMU 10.2 needs >= 1.5; the +ds tarball has no wheels
+    ;;
+*)
+    die "DSAVMM_QEMU_VERSION=$qemu_version: supported are 7.2 and 10.2"
+    ;;
+esac
+
 cache_root="${DSAVMM_CACHE:-$repo/target/cache}"
-key="$( { cat "$patch_file" "$here/build.sh"; echo "$src_version $data_version"; } \
+versions="$src_version $data_version"
+[[ -z "$seabios_version" ]] || versions+=" seabios $seabios_version meson $meson_version"
+key="$( { cat "$patch_file" "$here/build.sh"; echo "$versions"; } \
         | sha256sum | cut -c1-16)"
 dest="${DSAVMM_QEMU_CACHE:-$cache_root/qemu-$key}"
 downloads="$cache_root/qemu-downloads"
@@ -60,6 +91,7 @@ fi
 # --- build dependencies -------------------------------------------------------
 deps=(ninja-build meson libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev flex bison
       pkg-config dpkg-dev xz-utils patch)
+[[ -z "$meson_version" ]] || deps+=(python3-venv)
 missing=()
 for p in "${deps[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
@@ -73,20 +105,38 @@ if ((${#missing[@]})); then
              apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
 fi
 
+# apt-get download into a dir; when the package is not found (the system's apt
+# lists may be empty), apt-get update once and retry.
+apt_download() {  # <dir> <package=version>
+    (cd "$1" && apt-get -o APT::Sandbox::User=root download "$2" >&2) && return 0
+    [[ $(id -u) == 0 ]] || return 1
+    log "apt-get download $2 failed; running apt-get update and retrying"
+    apt-get update >&2 || return 1
+    (cd "$1" && apt-get -o APT::Sandbox::User=root download "$2" >&2)
+}
+
 # --- source package -------------------------------------------------------------
-# A private apt configuration with deb-src entries for the bookworm suites, so
-# the system's sources and package lists are not touched.
+# A private apt configuration with deb-src entries (bookworm's suites, or sid),
+# so the system's sources and package lists are not touched.
 src_dir="$downloads/src"
 dsc="$src_dir/qemu_${src_version#*:}.dsc"
 mkdir -p "$src_dir"
 if [[ ! -f "$dsc" || ! -f "$src_dir/qemu_${src_upstream}.orig.tar.xz" ]]; then
-    apt_dir="$downloads/apt"
+    if [[ $src_suite == bookworm ]]; then
+        apt_dir="$downloads/apt"
+    else
+        apt_dir="$downloads/apt-$src_suite"
+    fi
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
-    cat >"$apt_dir/sources.list" <<'EOF'
+    if [[ $src_suite == bookworm ]]; then
+        cat >"$apt_dir/sources.list" <<'EOF'
 deb-src http://deb.debian.org/debian bookworm main
 deb-src http://deb.debian.org/debian bookworm-updates main
 deb-src http://deb.debian.org/debian-security bookworm-security main
 EOF
+    else
+        echo "deb-src http://deb.debian.org/debian $src_suite main" >"$apt_dir/sources.list"
+    fi
     apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
               -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
               -o "APT::Sandbox::User=root")
@@ -97,16 +147,40 @@ EOF
 put qemu_${src_version#*:}.dsc, .debian.tar.xz and .orig.tar.xz into $src_dir)"
 fi
 
-# --- firmware (qemu-system-data) -----------------------------------------------
+# --- firmware (qemu-system-data, seabios) --------------------------------------
 data_deb_dir="$downloads/data"
 mkdir -p "$data_deb_dir"
 data_deb="$(ls "$data_deb_dir"/qemu-system-data_*_all.deb 2>/dev/null | head -n1 || true)"
 if [[ -z "$data_deb" ]]; then
     log "fetching qemu-system-data $data_version"
-    (cd "$data_deb_dir" && apt-get -o APT::Sandbox::User=root download \
-        "qemu-system-data=$data_version" >&2) \
+    apt_download "$data_deb_dir" "qemu-system-data=$data_version" \
         || die "apt-get download qemu-system-data=$data_version failed"
     data_deb="$(ls "$data_deb_dir"/qemu-system-data_*_all.deb | head -n1)"
+fi
+seabios_deb=""
+if [[ -n "$seabios_version" ]]; then
+    seabios_deb="$data_deb_dir/seabios_${seabios_version}_all.deb"
+    if [[ ! -f "$seabios_deb" ]]; then
+        log "fetching seabios $seabios_version"
+        apt_download "$data_deb_dir" "seabios=$seabios_version" \
+            || die "apt-get download seabios=$seabios_version failed"
+    fi
+fi
+
+# --- meson (10.2: pip into a venv of the system python) ------------------------
+python_opt=()
+if [[ -n "$meson_version" ]]; then
+    venv="$downloads/meson-$meson_version-venv"
+    if [[ "$("$venv/bin/meson" --version 2>/dev/null || true)" != "$meson_version" ]]; then
+        log "creating $venv (pip install meson==$meson_version)"
+        rm -rf "$venv"
+        py=/usr/bin/python3
+        [[ -x $py ]] || py="$(command -v python3)"
+        "$py" -m venv "$venv" >&2 || die "python3 -m venv failed (python3-venv missing?)"
+        "$venv/bin/pip" install --disable-pip-version-check --quiet "meson==$meson_version" >&2 \
+            || die "pip install meson==$meson_version failed"
+    fi
+    python_opt=(--python="$venv/bin/python3")
 fi
 
 # --- unpack, patch, configure, build -------------------------------------------
@@ -123,6 +197,29 @@ patch -d "$work/qemu" -p1 --forward --batch <"$patch_file" >&2
 
 log "configuring"
 mkdir -p "$work/qemu/build"
+if [[ -n "$meson_version" ]]; then
+(
+    cd "$work/qemu/build"
+    # 10.2: configure makes its pyvenv from --python (the venv with meson);
+    # --meson is gone.  --disable-install-blobs as in debian/rules (the +ds
+    # tarball lacks the blobs; firmware comes from the .debs below).
+    PATH="/usr/bin:$PATH" ../configure \
+        "${python_opt[@]}" \
+        --prefix=/usr/local \
+        --ninja=/usr/bin/ninja \
+        --target-list=x86_64-softmmu \
+        --without-default-features \
+        --enable-tcg --enable-kvm --enable-fdt=system \
+        --disable-user --disable-linux-user --disable-bsd-user \
+        --disable-docs --disable-tools --disable-guest-agent \
+        --disable-sdl --disable-gtk --disable-vnc --disable-curses --disable-opengl \
+        --disable-spice --audio-drv-list= \
+        --disable-slirp --disable-capstone \
+        --disable-gnutls --disable-nettle --disable-gcrypt \
+        --disable-linux-io-uring --disable-libssh --disable-rbd --disable-glusterfs \
+        --disable-seccomp --disable-debug-info --disable-werror --disable-install-blobs
+) >"$work/configure.log" 2>&1 || { tail -n 40 "$work/configure.log" >&2; die "configure failed"; }
+else
 (
     cd "$work/qemu/build"
     # --without-default-features turns every auto feature off (docs, tools,
@@ -146,6 +243,7 @@ mkdir -p "$work/qemu/build"
         --disable-linux-io-uring --disable-libssh --disable-rbd --disable-glusterfs \
         --disable-seccomp --disable-debug-info --disable-werror --disable-install-blobs
 ) >"$work/configure.log" 2>&1 || { tail -n 40 "$work/configure.log" >&2; die "configure failed"; }
+fi
 
 log "building with -j$jobs (log: $work/build.log)"
 nice -n 10 ninja -C "$work/qemu/build" -j "$jobs" qemu-system-x86_64 >"$work/build.log" 2>&1 \
@@ -158,12 +256,24 @@ log "extracting firmware from $(basename "$data_deb")"
 dpkg-deb -x "$data_deb" "$work/data"
 cp -a "$work/data/usr/share/qemu" "$stage/share/qemu"
 [[ -e "$stage/share/qemu/bios-microvm.bin" ]] || die "bios-microvm.bin missing from $data_deb"
+if [[ -n "$seabios_deb" ]]; then
+    # bios.bin, bios-256k.bin, vgabios-*.bin next to qemu-system-data's files
+    # (which are kept where both have a name).
+    log "extracting firmware from $(basename "$seabios_deb")"
+    dpkg-deb -x "$seabios_deb" "$work/seabios"
+    for f in "$work"/seabios/usr/share/seabios/*.bin; do
+        [[ -e "$stage/share/qemu/$(basename "$f")" ]] || cp -L "$f" "$stage/share/qemu/"
+    done
+    [[ -e "$stage/share/qemu/bios-256k.bin" ]] || die "bios-256k.bin missing from $seabios_deb"
+fi
 
 end=$(date +%s)
 {
     echo "key=$key"
-    echo "source=qemu $src_version (Debian bookworm) + $(basename "$patch_file")"
-    echo "firmware=qemu-system-data $data_version"
+    echo "qemu_version=$qemu_version"
+    echo "source=qemu $src_version (Debian $src_suite) + $(basename "$patch_file")"
+    echo "firmware=qemu-system-data $data_version${seabios_version:+, seabios $seabios_version} (Debian bookworm)"
+    [[ -z "$meson_version" ]] || echo "meson=$meson_version (pip venv)"
     echo "patch_sha256=$(sha256sum "$patch_file" | cut -d' ' -f1)"
     echo "build_seconds=$((end - start))"
     echo "jobs=$jobs"
