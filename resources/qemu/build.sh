@@ -2,7 +2,7 @@
 # Build the nested test rig's QEMU: a Debian qemu source package with a
 # MOVDIR64B/MOVDIRI patch for TCG, x86_64-softmmu only, every optional feature off.
 #
-# DSAVMM_QEMU_VERSION selects the source (default 7.2):
+# DSAVMM_QEMU_VERSION selects the source (default 10.2):
 #   7.2   Debian bookworm qemu 1:7.2+dfsg-7+deb12u18 + movdir64b.patch,
 #         system meson, firmware from bookworm's qemu-system-data.
 #   10.2  Debian sid qemu 1:10.2.2+ds-1 + movdir64b-10.2.patch (has the
@@ -33,7 +33,7 @@ jobs="${DSAVMM_QEMU_JOBS:-2}"
 log() { echo "qemu/build.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-qemu_version="${DSAVMM_QEMU_VERSION:-7.2}"
+qemu_version="${DSAVMM_QEMU_VERSION:-10.2}"
 # Firmware always comes from bookworm: qemu-system-data 7.2 (qboot as
 # bios-microvm.bin, pvh.bin, linuxboot_dma.bin, ...); 10.2 also takes seabios.
 data_version="1:7.2+dfsg-7+deb12u18"

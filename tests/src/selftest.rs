@@ -65,7 +65,7 @@ pub struct Summary {
 
 /// The DSA areas a probed, enabled device runs only when descriptors can be submitted (MOVDIR64B
 /// executes or is emulated): every one must be printed for every device and be `ok`.
-pub const DATA_AREAS: [&str; 19] = [
+pub const DATA_AREAS: [&str; 20] = [
     "nop",
     "drain",
     "memmove",
@@ -80,6 +80,7 @@ pub const DATA_AREAS: [&str; 19] = [
     "cache_flush",
     "batch",
     "interrupt",
+    "interrupt_masked",
     "drain_abort",
     "errors",
     "smp",
