@@ -197,53 +197,38 @@ patch -d "$work/qemu" -p1 --forward --batch <"$patch_file" >&2
 
 log "configuring"
 mkdir -p "$work/qemu/build"
+# --without-default-features turns every auto feature off (docs, tools, guest agent, UIs,
+# audio back ends, slirp, capstone, crypto libraries, io_uring, ssh, rbd, gluster, seccomp,
+# vhost, ...); the explicit --disable-* document the ones that matter for build time.
+# --disable-install-blobs as in debian/rules (the +ds tarball lacks the blobs; firmware comes
+# from the .debs below).
+configure_opts=(
+    --prefix=/usr/local
+    --ninja=/usr/bin/ninja
+    --target-list=x86_64-softmmu
+    --without-default-features
+    --enable-tcg --enable-kvm --enable-fdt=system
+    --disable-user --disable-linux-user --disable-bsd-user
+    --disable-docs --disable-tools --disable-guest-agent
+    --disable-sdl --disable-gtk --disable-vnc --disable-curses --disable-opengl
+    --disable-spice --audio-drv-list=
+    --disable-slirp --disable-capstone
+    --disable-gnutls --disable-nettle --disable-gcrypt
+    --disable-linux-io-uring --disable-libssh --disable-rbd --disable-glusterfs
+    --disable-seccomp --disable-debug-info --disable-werror --disable-install-blobs
+)
 if [[ -n "$meson_version" ]]; then
-(
-    cd "$work/qemu/build"
-    # 10.2: configure makes its pyvenv from --python (the venv with meson);
-    # --meson is gone.  --disable-install-blobs as in debian/rules (the +ds
-    # tarball lacks the blobs; firmware comes from the .debs below).
-    PATH="/usr/bin:$PATH" ../configure \
-        "${python_opt[@]}" \
-        --prefix=/usr/local \
-        --ninja=/usr/bin/ninja \
-        --target-list=x86_64-softmmu \
-        --without-default-features \
-        --enable-tcg --enable-kvm --enable-fdt=system \
-        --disable-user --disable-linux-user --disable-bsd-user \
-        --disable-docs --disable-tools --disable-guest-agent \
-        --disable-sdl --disable-gtk --disable-vnc --disable-curses --disable-opengl \
-        --disable-spice --audio-drv-list= \
-        --disable-slirp --disable-capstone \
-        --disable-gnutls --disable-nettle --disable-gcrypt \
-        --disable-linux-io-uring --disable-libssh --disable-rbd --disable-glusterfs \
-        --disable-seccomp --disable-debug-info --disable-werror --disable-install-blobs
-) >"$work/configure.log" 2>&1 || { tail -n 40 "$work/configure.log" >&2; die "configure failed"; }
+    # 10.2: configure makes its pyvenv from --python (the venv with meson); --meson is gone.
+    configure_opts+=("${python_opt[@]}")
 else
+    # 7.2: system python and meson (configure's --python needs QEMU's embedded meson, which
+    # the dfsg source lacks).
+    configure_opts+=(--meson=/usr/bin/meson)
+fi
 (
     cd "$work/qemu/build"
-    # --without-default-features turns every auto feature off (docs, tools,
-    # guest agent, UIs, audio back ends, slirp, capstone, crypto libraries,
-    # io_uring, ssh, rbd, gluster, seccomp, vhost, ...); the explicit
-    # --disable-* below document the ones that matter for build time.
-    # System python and meson (configure's --python needs QEMU's embedded
-    # meson, which the dfsg source lacks).
-    PATH="/usr/bin:$PATH" ../configure \
-        --prefix=/usr/local \
-        --meson=/usr/bin/meson --ninja=/usr/bin/ninja \
-        --target-list=x86_64-softmmu \
-        --without-default-features \
-        --enable-tcg --enable-kvm --enable-fdt=system \
-        --disable-user --disable-linux-user --disable-bsd-user \
-        --disable-docs --disable-tools --disable-guest-agent \
-        --disable-sdl --disable-gtk --disable-vnc --disable-curses --disable-opengl \
-        --disable-spice --audio-drv-list= \
-        --disable-slirp --disable-capstone \
-        --disable-gnutls --disable-nettle --disable-gcrypt \
-        --disable-linux-io-uring --disable-libssh --disable-rbd --disable-glusterfs \
-        --disable-seccomp --disable-debug-info --disable-werror --disable-install-blobs
+    PATH="/usr/bin:$PATH" ../configure "${configure_opts[@]}"
 ) >"$work/configure.log" 2>&1 || { tail -n 40 "$work/configure.log" >&2; die "configure failed"; }
-fi
 
 log "building with -j$jobs (log: $work/build.log)"
 nice -n 10 ninja -C "$work/qemu/build" -j "$jobs" qemu-system-x86_64 >"$work/build.log" 2>&1 \

@@ -18,35 +18,6 @@ use api::api_call;
 /// Per thread name: the most seccomp filters seen on it and its seccomp mode then.
 type Seen = BTreeMap<String, (u32, u32)>;
 
-/// `(name, Seccomp, Seccomp_filters)` of every thread of `pid` now.
-fn threads(pid: u32) -> Vec<(String, u32, u32)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for t in dir.flatten() {
-        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-        };
-        let name = field("Name:").unwrap_or_default();
-        let name = name
-            .trim_end_matches(|c: char| c.is_ascii_digit())
-            .to_string();
-        let mode = field("Seccomp:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let filters = field("Seccomp_filters:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        out.push((name, mode, filters));
-    }
-    out
-}
-
 /// Runs the self-test guest with an API socket and `--seccomp mode`, sampling the threads until
 /// the guest has halted; then checks a `remote` call and shuts down. Returns what was seen.
 fn watch(test: &str, mode: &str) -> Seen {
@@ -66,7 +37,7 @@ fn watch(test: &str, mode: &str) -> Seen {
     let mut seen = Seen::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        for (name, mode, filters) in threads(pid) {
+        for (name, mode, filters) in common::thread_seccomp(pid) {
             let e = seen.entry(name).or_insert((mode, filters));
             if filters > e.1 {
                 *e = (mode, filters);

@@ -366,31 +366,6 @@ fn clients_are_isolated_and_bounded() {
     assert!(out.status.success(), "after the first client left");
 }
 
-/// `(thread name, Seccomp_filters)` of every thread of `pid`.
-fn filters_per_thread(pid: u32) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task dir")
-        .flatten()
-    {
-        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((
-            field("Name:"),
-            field("Seccomp_filters:").parse().unwrap_or(0),
-        ));
-    }
-    out
-}
-
 #[test]
 fn every_server_thread_runs_under_its_filter() {
     let dir = temp_dir("vfio-user-seccomp");
@@ -399,7 +374,10 @@ fn every_server_thread_runs_under_its_filter() {
     let _client = UnixStream::connect(&server.socket).expect("connect");
     let start = Instant::now();
     let threads = loop {
-        let t = filters_per_thread(server.child.id());
+        let t: Vec<(String, u32)> = common::thread_seccomp(server.child.id())
+            .into_iter()
+            .map(|(name, _, filters)| (name, filters))
+            .collect();
         if t.len() >= 5 || start.elapsed() > Duration::from_secs(5) {
             break t;
         }

@@ -31,3 +31,33 @@ pub fn selftest_elf(dir: &Path) -> PathBuf {
     assert!(st.success(), "dsavmm selftest-image failed");
     elf
 }
+
+/// `(name without trailing digits, Seccomp, Seccomp_filters)` of every thread of `pid` now
+/// (from /proc/PID/task/*/status; empty once the process is gone).
+pub fn thread_seccomp(pid: u32) -> Vec<(String, u32, u32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let name = field("Name:").unwrap_or_default();
+        let name = name
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+        let mode = field("Seccomp:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let filters = field("Seccomp_filters:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        out.push((name, mode, filters));
+    }
+    out
+}
