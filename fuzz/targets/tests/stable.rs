@@ -96,7 +96,13 @@ fn every_target_is_tested_here() {
     let names: Vec<&str> = fuzz_targets::TARGETS.iter().map(|t| t.0).collect();
     assert_eq!(
         names,
-        ["descriptor_engine", "dsa_mmio", "movdir64b", "api_request"]
+        [
+            "descriptor_engine",
+            "dsa_mmio",
+            "movdir64b",
+            "api_request",
+            "vfio_user_message"
+        ]
     );
 }
 
