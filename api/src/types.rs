@@ -222,6 +222,9 @@ pub enum DsaBackend {
     /// A vfio-user server (`dsavmm dsa-server`) at `socket`.
     #[serde(rename = "vfio-user")]
     VfioUser,
+    /// A physical DSA through kernel VFIO, mediated (`--dsa backend=vfio,device=BDF`): shown
+    /// for devices given on the command line; not configurable through the API yet.
+    Vfio,
 }
 
 /// How a vfio-user device's portal BAR reaches the server.
@@ -325,6 +328,13 @@ impl Default for DsaDeviceConfig {
 impl Validate for DsaDeviceConfig {
     fn validate(&self) -> Result<(), ApiError> {
         match (self.backend, &self.socket) {
+            (DsaBackend::Vfio, _) => {
+                return Err(ApiError::BadRequest(
+                    "backend vfio is configured on the command line only (--dsa \
+                     backend=vfio,device=BDF,wqs=LIST)"
+                        .into(),
+                ))
+            }
             (DsaBackend::VfioUser, None) => {
                 return Err(ApiError::BadRequest(
                     "backend vfio-user needs socket (the dsa-server's path)".into(),

@@ -5,4 +5,5 @@ pub mod bus;
 pub mod dsa;
 pub mod legacy;
 pub mod pci;
+pub mod vfio;
 pub mod vfio_user;

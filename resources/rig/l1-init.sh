@@ -37,6 +37,19 @@ for m in irqbypass ccp kvm kvm-amd; do
         finish
     fi
 done
+# With a vfio-user device (rig.sh --vfio-user): kernel VFIO, to own it. vfio-pci refuses Intel's
+# accelerators (DSA, IAA, QAT) unless its denylist is off.
+if [ -f /rig/vfio ]; then
+    for m in vfio vfio_iommu_type1 vfio-pci-core vfio-pci; do
+        p=""
+        [ "$m" = vfio-pci ] && p="disable_denylist=1"
+        if ! insmod "/lib/modules/rig/$m.ko" $p; then
+            echo "RIG-MODULE-FAIL $m"
+            kmsg
+            finish
+        fi
+    done
+fi
 if [ ! -c /dev/kvm ]; then
     echo "RIG-KVM-MISSING"
     kmsg

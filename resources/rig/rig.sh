@@ -15,6 +15,10 @@
 #   --runs FILE                         the same, one command line per line of FILE
 #   --with-qemu                         also put QEMU into L1 as /bin/qemu-system-x86_64 (a reference VMM
 #                                       for L1's KVM; firmware under /rig/qemu-fw)
+#   --vfio-user SOCKET                  L1 on q35 with an intel-iommu (caching mode) and a vfio-user-pci
+#                                       device served at SOCKET on the host (a dsavmm dsa-server): the
+#                                       "physical" DSA L1's kernel VFIO owns; L1 loads the vfio modules
+#                                       and boots with intel_iommu=on (needs QEMU >= 10.1)
 # Environment: DSAVMM_CACHE (cache dir), DSAVMM_RIG_QEMU (use this qemu-system-x86_64 for L1 instead of
 # Debian's, e.g. one whose TCG executes MOVDIR64B), DSAVMM_RIG_QEMU_FW (its firmware dir for -L instead of
 # Debian's qemu-system-data), DSAVMM_RIG_TSC_KHZ (host TSC kHz, else from dmesg or
@@ -29,7 +33,7 @@ source "$HERE/lib.sh"
 
 RIG="$CACHE/rig"
 mkdir -p "$RIG"
-MODULES=(irqbypass ccp kvm kvm-amd)
+MODULES=(irqbypass ccp kvm kvm-amd vfio vfio_iommu_type1 vfio-pci-core vfio-pci)
 
 # qemu_setup: unpack qemu-system-x86 and qemu-system-data plus the shared libraries the system lacks;
 # sets QEMU_BIN, QEMU_LIBDIR (symlinks to the unpacked libraries), QEMU_FW, QEMU_MODDIR (TCG is a
@@ -92,7 +96,7 @@ modules_setup() {
     local kdir m f
     kdir="$(kernel_pkg_dir)"
     L1_KERNEL="$kdir/boot/vmlinuz-$KVER"
-    MODDIR="$RIG/modules-$KVER"
+    MODDIR="$RIG/modules-$KVER-v2"
     [[ -f "$MODDIR/.done" ]] && return 0
     rm -rf "$MODDIR"
     mkdir -p "$MODDIR"
@@ -108,7 +112,7 @@ modules_setup() {
 base_cpio() {
     local bb key stage
     bb="$(busybox_bin)"
-    key="$( { echo "base v2 $bb $KVER"; cat "$HERE/l1-init.sh"; } | short_hash)"
+    key="$( { echo "base v3 $bb $KVER ${MODULES[*]}"; cat "$HERE/l1-init.sh"; } | short_hash)"
     L1_BASE="$RIG/l1-base-$key.cpio"
     [[ -f "$L1_BASE" ]] && return 0
     stage="$(mktemp -d "$RIG/.stage-base.XXXXXX")"
@@ -163,6 +167,7 @@ file_key() {
 
 DSAVMM=""
 WITH_QEMU=0
+VFIO_USER=""
 declare -a FILES=() RUNS=()
 
 parse_opts() {
@@ -176,6 +181,7 @@ parse_opts() {
                 while IFS= read -r l || [[ -n "$l" ]]; do RUNS+=("$l"); done <"$2"
                 shift 2 ;;
             --with-qemu) WITH_QEMU=1; shift ;;
+            --vfio-user) VFIO_USER="$2"; shift 2 ;;
             *) die "unknown option '$1' (see the header of $0)" ;;
         esac
     done
@@ -193,7 +199,7 @@ parse_opts() {
 payload_cpio() {
     local key stage f
     key="$( {
-        echo "payload v1 $L1_BASE $WITH_QEMU"
+        echo "payload v2 $L1_BASE $WITH_QEMU ${VFIO_USER:+vfio}"
         [[ -z "$DSAVMM" ]] || echo "dsavmm $(file_key "$DSAVMM")"
         for f in "${FILES[@]}"; do echo "file ${f%%=*} $(file_key "${f#*=}")"; done
         ((${#RUNS[@]} == 0)) || printf 'run %s\n' "${RUNS[@]}"
@@ -220,6 +226,7 @@ payload_cpio() {
         cp -L "${f#*=}" "$stage/${f%%=*}"
     done
     ((${#RUNS[@]} == 0)) || printf '%s\n' "${RUNS[@]}" >"$stage/rig/runs"
+    [[ -z "$VFIO_USER" ]] || touch "$stage/rig/vfio"
     pack_cpio "$stage" "$stage.cpio"
     rm -rf "$stage"
     cat "$L1_BASE" "$stage.cpio" >"$L1_INITRAMFS.tmp.$$"
@@ -247,6 +254,18 @@ qemu_args() {
     local append
     append="console=ttyS0 quiet tsc_early_khz=$(tsc_khz) cryptomgr.notests tsc=reliable no_timer_check"
     append+=" i8042.noaux i8042.nokbd panic=-1"
+    if [[ -n "$VFIO_USER" ]]; then
+        # q35 with a remapping vIOMMU in caching mode (what VFIO in L1 needs), placed before the
+        # vfio-user device; guest RAM a shared memfd the server can map (docs/vfio.md).
+        append+=" intel_iommu=on"
+        QEMU_ARGS=(-L "$QEMU_FW" -M q35,memory-backend=mem -accel tcg -cpu max -smp 1 -m 2G
+            -object memory-backend-memfd,id=mem,size=2G,share=on
+            -device intel-iommu,caching-mode=on
+            -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$VFIO_USER\",\"type\":\"unix\"}}"
+            -nographic -no-reboot -nodefaults -serial stdio
+            -kernel "$L1_KERNEL" -initrd "$L1_INITRAMFS" -append "$append")
+        return 0
+    fi
     QEMU_ARGS=(-L "$QEMU_FW" -M microvm -accel tcg -cpu max -smp 1 -m 2G
         -nographic -no-reboot -nodefaults -serial stdio
         -kernel "$L1_KERNEL" -initrd "$L1_INITRAMFS" -append "$append")

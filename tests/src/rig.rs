@@ -251,6 +251,7 @@ pub struct NestedVm {
     mode: Mode,
     qemu: Option<PathBuf>,
     qemu_firmware: Option<PathBuf>,
+    vfio_user: Option<PathBuf>,
 }
 
 impl Default for NestedVm {
@@ -314,6 +315,7 @@ impl NestedVm {
             mode: Mode::Auto,
             qemu: None,
             qemu_firmware: None,
+            vfio_user: None,
         }
     }
 
@@ -375,6 +377,14 @@ impl NestedVm {
     /// Run L1 on the MOVDIR64B-capable QEMU (see [`crate::patched_qemu`]): its binary and firmware.
     pub fn patched_qemu(self, q: &crate::PatchedQemu) -> Self {
         self.qemu_binary(&q.binary).qemu_firmware(&q.firmware)
+    }
+
+    /// L1 on q35 with an intel-iommu and a `vfio-user-pci` device served at `socket` on the
+    /// host (a `dsavmm dsa-server` the caller started), and the vfio modules loaded in L1
+    /// (`rig.sh --vfio-user`; needs the patched QEMU 10.2).
+    pub fn vfio_user(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.vfio_user = Some(socket.into());
+        self
     }
 
     /// Nested, direct, or auto.
@@ -512,6 +522,10 @@ impl NestedVm {
         }
         if self.with_qemu {
             a.push("--with-qemu".into());
+        }
+        if let Some(s) = &self.vfio_user {
+            a.push("--vfio-user".into());
+            a.push(s.display().to_string());
         }
         for r in runs {
             if r.program.is_none() && self.dsavmm.is_none() {

@@ -78,6 +78,56 @@ pub enum DsaSpec {
         /// How BAR2 reaches the server.
         portal: devices::vfio_user::client::PortalMode,
     },
+    /// `backend=vfio,device=BDF[,wqs=LIST]`: a physical DSA function through kernel VFIO,
+    /// mediated (docs/vfio.md).
+    Vfio {
+        /// The function's PCI address.
+        device: String,
+        /// The physical WQs given to the guest (guest WQ i is `wqs[i]`); all of them if absent.
+        wqs: Option<Vec<usize>>,
+    },
+}
+
+/// Parses a `wqs=` list: WQ numbers and ranges separated by `:` (`0:2:5`, `0-3`).
+pub fn parse_wq_list(v: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("wqs={v}: expected WQ numbers or ranges separated by ':' (0:2, 0-3)");
+    let mut out = Vec::new();
+    for part in v.split(':') {
+        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a >= 256 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+        if out.len() > 256 {
+            return Err(bad());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_vfio(kvs: &[&str]) -> Result<DsaSpec, String> {
+    let (mut device, mut wqs) = (None, None);
+    for kv in kvs {
+        match kv.split_once('=') {
+            Some(("backend", "vfio")) => {}
+            Some(("device", d)) if !d.is_empty() => device = Some(d.to_string()),
+            Some(("wqs", l)) => wqs = Some(parse_wq_list(l)?),
+            _ => {
+                return Err(format!(
+                    "bad vfio DSA option {kv:?} (backend=vfio takes device=BDF and wqs=LIST, \
+                     e.g. wqs=0:1; the geometry is the device's)"
+                ))
+            }
+        }
+    }
+    let device = device.ok_or("backend=vfio needs device=BDF (a DSA bound to vfio-pci)")?;
+    Ok(DsaSpec::Vfio { device, wqs })
 }
 
 impl std::str::FromStr for DsaSpec {
@@ -91,6 +141,9 @@ impl std::str::FromStr for DsaSpec {
             .map(str::trim)
             .filter(|x| !x.is_empty())
             .collect();
+        if kvs.contains(&"backend=vfio") {
+            return parse_vfio(&kvs);
+        }
         if !kvs.contains(&"backend=vfio-user") {
             return s
                 .parse::<devices::dsa::DsaConfig>()

@@ -39,6 +39,8 @@ pub struct Controller {
     /// Built-in kernel (self-test) used instead of `boot` when set by the CLI.
     builtin_kernel: Option<(&'static [u8], String)>,
     dsa: Vec<(String, DsaDeviceConfig)>,
+    /// Command-line devices the API cannot express (backend=vfio), by id.
+    cli_only: std::collections::HashMap<String, DsaSpec>,
     logger: Option<LoggerConfig>,
     log: Option<Arc<LogControl>>,
     serial: SerialMode,
@@ -60,6 +62,11 @@ fn conflict(what: &str, state: InstanceState) -> ApiError {
 
 /// The device-model configuration for an API one (the API crate validated the ranges).
 pub fn dsa_config_from_api(c: &DsaDeviceConfig) -> Result<DsaSpec, ApiError> {
+    if c.backend == DsaBackend::Vfio {
+        return Err(ApiError::BadRequest(
+            "backend vfio is configured on the command line only".into(),
+        ));
+    }
     if c.backend == DsaBackend::VfioUser {
         let socket = c
             .socket
@@ -113,6 +120,10 @@ pub fn dsa_config_to_api(spec: &DsaSpec) -> DsaDeviceConfig {
             }),
             ..DsaDeviceConfig::default()
         },
+        DsaSpec::Vfio { .. } => DsaDeviceConfig {
+            backend: DsaBackend::Vfio,
+            ..DsaDeviceConfig::default()
+        },
     }
 }
 
@@ -132,6 +143,7 @@ impl Controller {
             boot: None,
             builtin_kernel: None,
             dsa: Vec::new(),
+            cli_only: std::collections::HashMap::new(),
             logger: None,
             log,
             serial,
@@ -307,6 +319,9 @@ impl Controller {
     pub fn add_cli_dsa(&mut self, cfg: &DsaSpec) -> Result<(), ApiError> {
         api::types::check_device_count(self.dsa.len() + 1)?;
         let id = self.dsa.len().to_string();
+        if matches!(cfg, DsaSpec::Vfio { .. }) {
+            self.cli_only.insert(id.clone(), cfg.clone());
+        }
         self.dsa.push((id, dsa_config_to_api(cfg)));
         Ok(())
     }
@@ -336,7 +351,8 @@ impl Controller {
             .iter()
             .position(|(i, _)| i == id)
             .ok_or_else(|| ApiError::NotFound(format!("no DSA device {id:?}")))?;
-        self.dsa.remove(idx);
+        let (gone, _) = self.dsa.remove(idx);
+        self.cli_only.remove(&gone);
         Ok(ApiReply::Empty)
     }
 
@@ -432,7 +448,10 @@ impl Controller {
         let dsa = self
             .dsa
             .iter()
-            .map(|(_, c)| dsa_config_from_api(c))
+            .map(|(id, c)| match self.cli_only.get(id) {
+                Some(spec) => Ok(spec.clone()),
+                None => dsa_config_from_api(c),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| VmError::Device("DSA", e.to_string()))?;
         let spec = VmSpec {
@@ -619,6 +638,40 @@ impl Controller {
             }
             out.push_str(&prometheus_header(name, help, "counter"));
             for (id, c) in &clients {
+                out.push_str(&prometheus_line(name, &[("device", id)], get(c)));
+            }
+        }
+        // backend=vfio devices: the mediation's counters.
+        let mediated: Vec<_> = self
+            .dsa
+            .iter()
+            .zip(&vm.dsa)
+            .filter_map(|((id, _), d)| Some((id.clone(), d.vfio_stats()?)))
+            .collect();
+        type VfioGetter = fn(&devices::vfio::device::VfioStats) -> u64;
+        let vfio_counters: [(&str, &str, VfioGetter); 3] = [
+            (
+                "dsavmm_dsa_vfio_portal_exits_total",
+                "vfio: portal stores that exited to dsavmm (0 while the pages are mapped)",
+                |c| c.portal_exits,
+            ),
+            (
+                "dsavmm_dsa_vfio_physical_commands_total",
+                "vfio: guest commands carried out on the physical device",
+                |c| c.physical_commands,
+            ),
+            (
+                "dsavmm_dsa_vfio_physical_errors_total",
+                "vfio: of those, refused by the physical device",
+                |c| c.physical_errors,
+            ),
+        ];
+        for (name, help, get) in vfio_counters {
+            if mediated.is_empty() {
+                break;
+            }
+            out.push_str(&prometheus_header(name, help, "counter"));
+            for (id, c) in &mediated {
                 out.push_str(&prometheus_line(name, &[("device", id)], get(c)));
             }
         }

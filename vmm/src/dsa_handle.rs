@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::dsa::{DsaDevice, DsaStats};
+use devices::vfio::device::{VfioDsa, VfioStats};
 use devices::vfio_user::client::{ClientStats, VfioUserDsa};
 use serde_json::{json, Value};
 
@@ -14,6 +15,8 @@ pub enum DsaHandle {
     Local(Arc<Mutex<DsaDevice>>),
     /// A vfio-user client device.
     VfioUser(Arc<Mutex<VfioUserDsa>>),
+    /// A physical DSA through kernel VFIO, mediated.
+    Vfio(Arc<Mutex<VfioDsa>>),
 }
 
 impl DsaHandle {
@@ -59,6 +62,28 @@ impl DsaHandle {
                 }
                 (state, counters)
             }
+            DsaHandle::Vfio(d) => {
+                let d = d.lock().unwrap_or_else(|e| e.into_inner());
+                let mut counters = serde_json::to_value(d.stats()).unwrap_or(json!({}));
+                if let Some(c) = counters.as_object_mut() {
+                    c.insert(
+                        "vfio".into(),
+                        serde_json::to_value(d.vfio_stats()).unwrap_or(Value::Null),
+                    );
+                }
+                (
+                    serde_json::to_value(d.state()).unwrap_or(Value::Null),
+                    counters,
+                )
+            }
+        }
+    }
+
+    /// The mediation's counters of a `backend=vfio` device.
+    pub fn vfio_stats(&self) -> Option<VfioStats> {
+        match self {
+            DsaHandle::Vfio(d) => Some(d.lock().unwrap_or_else(|e| e.into_inner()).vfio_stats()),
+            _ => None,
         }
     }
 
@@ -66,6 +91,7 @@ impl DsaHandle {
     pub fn stats(&self) -> DsaStats {
         match self {
             DsaHandle::Local(d) => d.lock().unwrap_or_else(|e| e.into_inner()).stats(),
+            DsaHandle::Vfio(d) => d.lock().unwrap_or_else(|e| e.into_inner()).stats(),
             DsaHandle::VfioUser(d) => d
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -78,7 +104,7 @@ impl DsaHandle {
     /// The vfio-user client's counters.
     pub fn client_stats(&self) -> Option<ClientStats> {
         match self {
-            DsaHandle::Local(_) => None,
+            DsaHandle::Local(_) | DsaHandle::Vfio(_) => None,
             DsaHandle::VfioUser(d) => {
                 Some(d.lock().unwrap_or_else(|e| e.into_inner()).client_stats())
             }

@@ -76,6 +76,9 @@ pub enum VmError {
     /// A vfio-user server could not be reached or serves no usable device.
     #[error("DSA: {0}")]
     VfioUser(String),
+    /// A mediated VFIO DSA could not be set up.
+    #[error("DSA backend=vfio: {0}")]
+    Vfio(String),
     /// A thread could not be started.
     #[error("cannot start {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -460,9 +463,20 @@ fn attach_dsa_devices(
     let guest_mem = Arc::new(mem.clone());
     let mut out = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
+        if let DsaSpec::Vfio { device, wqs } = spec {
+            let (handle, dev) = attach_vfio_dsa(vm_fd, mem, &router, device, wqs.as_deref(), i)?;
+            let bdf = pci
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_device(dev)
+                .map_err(|e| VmError::Device("DSA", e.to_string()))?;
+            tracing::info!("dsa{i}: {spec:?} at PCI {bdf:?}");
+            out.push(handle);
+            continue;
+        }
         let vectors = match spec {
             DsaSpec::Software(cfg) => cfg.msix_vectors(),
-            DsaSpec::VfioUser { .. } => VFIO_USER_VECTORS,
+            DsaSpec::VfioUser { .. } | DsaSpec::Vfio { .. } => VFIO_USER_VECTORS,
         };
         let sink = Arc::new(
             KvmMsiSink::new(router.clone(), vectors)
@@ -503,6 +517,7 @@ fn attach_dsa_devices(
                 ));
                 (DsaHandle::VfioUser(d.clone()), d)
             }
+            DsaSpec::Vfio { .. } => unreachable!("attached above"),
         };
         let bdf = pci
             .lock()
@@ -513,6 +528,56 @@ fn attach_dsa_devices(
         out.push(handle);
     }
     Ok(out)
+}
+
+/// First KVM memory slot of the mediated DSAs' portal pages: 8 per device (one per WQ).
+const VFIO_PORTAL_SLOT_BASE: u32 = 64;
+
+/// Opens the physical DSA `device` through VFIO for DSA number `index`: guest RAM DMA-mapped at
+/// IOVA = GPA, the mediated front end over `wqs` (all of the device's if `None`).
+fn attach_vfio_dsa(
+    vm_fd: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    router: &Arc<GsiRouter>,
+    device: &str,
+    wqs: Option<&[usize]>,
+    index: usize,
+) -> Result<(DsaHandle, SharedPciDevice), VmError> {
+    use devices::vfio::device::{guest_config, VfioDsa};
+    use devices::vfio::physical::PhysicalDsa;
+    let verr = |e: devices::vfio::VfioError| VmError::Vfio(e.to_string());
+    // The KVM VFIO device tells KVM about the group (non-coherent DMA); without it VFIO still
+    // works, so a KVM that lacks it is only logged.
+    let mut kvm_dev = kvm_bindings::kvm_create_device {
+        type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
+        fd: 0,
+        flags: 0,
+    };
+    let kvm_vfio = match vm_fd.create_device(&mut kvm_dev) {
+        Ok(fd) => Some(Arc::new(vfio_ioctls::VfioDeviceFd::new_from_kvm(fd))),
+        Err(e) => {
+            tracing::warn!("no KVM VFIO device ({e}); continuing without it");
+            None
+        }
+    };
+    let phys = Arc::new(PhysicalDsa::open(device, kvm_vfio).map_err(verr)?);
+    for r in mem.iter() {
+        // SAFETY: guest RAM stays mapped for the VM's life, longer than the container (the
+        // device holding it is dropped with the VM, before the memory).
+        unsafe { phys.dma_map(r.start_addr().0, r.len(), r.as_ptr() as u64) }.map_err(verr)?;
+    }
+    let wqs: Vec<usize> =
+        wqs.map_or_else(|| (0..phys.caps().wqs.min(8)).collect(), <[usize]>::to_vec);
+    let cfg = guest_config(&phys.caps(), wqs.len()).map_err(verr)?;
+    let sink = Arc::new(
+        KvmMsiSink::new(router.clone(), cfg.msix_vectors())
+            .map_err(|e| VmError::Device("DSA interrupts", e.to_string()))?,
+    );
+    let slot = VFIO_PORTAL_SLOT_BASE + 8 * index as u32;
+    let d = Arc::new(Mutex::new(
+        VfioDsa::new(phys, wqs, sink, vm_fd.clone(), slot).map_err(verr)?,
+    ));
+    Ok((DsaHandle::Vfio(d.clone()), d))
 }
 
 /// LINT0 as ExtINT and LINT1 as NMI, as a PC's firmware leaves them.

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::config::Tables;
 use super::descriptor::{Descriptor, DESC_SIZE};
 use super::engine::{self, EngineLimits, Outcome, SwError};
 
@@ -24,8 +25,31 @@ pub enum Submitted {
     Queued,
 }
 
+/// A command the front end accepted, for a backend that carries it out on a physical device
+/// as well (the mediated VFIO backend). WQ indices are the guest's.
+#[derive(Clone, Copy, Debug)]
+pub enum Mirror<'a> {
+    /// ENABLE_DEVICE, with the guest's GRPCFG/WQCFG tables as they are now.
+    EnableDevice(&'a Tables),
+    /// DISABLE_DEVICE.
+    DisableDevice,
+    /// RESET_DEVICE.
+    ResetDevice,
+    /// ENABLE_WQ of this WQ, with the guest's tables.
+    EnableWq(usize, &'a Tables),
+    /// DISABLE_WQ, DRAIN_WQ, ABORT_WQ or RESET_WQ (the command code) of these WQs; DRAIN_ALL
+    /// and ABORT_ALL come as DRAIN_WQ and ABORT_WQ of every WQ.
+    Wqs(u32, &'a [usize]),
+}
+
 /// Executes descriptors for the front end.
 pub trait DsaBackend: Send {
+    /// Carries out a command the front end accepted, before the front end commits it; a
+    /// non-zero CMDSTS error code makes the command fail with it. The software engine has
+    /// nothing to mirror.
+    fn mirror(&mut self, _cmd: Mirror<'_>) -> u8 {
+        0
+    }
     /// Short name for logs and the API ("software").
     fn name(&self) -> &'static str;
     /// Opcodes to advertise in OPCAP.
@@ -47,22 +71,39 @@ pub trait DsaBackend: Send {
     fn reset(&mut self);
 }
 
+/// Where the software engine finds the memory a descriptor names, at the moment it runs.
+pub trait DmaMemory: Send + Sync {
+    /// The address space now (the caller holds the device lock).
+    fn snapshot(&self) -> Arc<GuestMemoryMmap<()>>;
+}
+
+/// Guest RAM that never changes (the in-process device).
+struct FixedMemory(Arc<GuestMemoryMmap<()>>);
+
+impl DmaMemory for FixedMemory {
+    fn snapshot(&self) -> Arc<GuestMemoryMmap<()>> {
+        self.0.clone()
+    }
+}
+
 /// The software engine over guest RAM, synchronous in the caller's thread.
 ///
-/// The memory is an atomic snapshot: a vfio-user server replaces it on every DMA_MAP and
-/// DMA_UNMAP (under the device lock, so never while a descriptor runs).
+/// The memory is a snapshot taken per descriptor: a vfio-user server changes its DMA space on
+/// every DMA_MAP and DMA_UNMAP (under the device lock, so never while a descriptor runs).
 pub struct SoftwareBackend {
-    mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
+    mem: Arc<dyn DmaMemory>,
 }
 
 impl SoftwareBackend {
     /// A backend executing over `mem`.
     pub fn new(mem: Arc<GuestMemoryMmap<()>>) -> Self {
-        Self { mem: mem.into() }
+        Self {
+            mem: Arc::new(FixedMemory(mem)),
+        }
     }
 
     /// A backend executing over whatever `mem` holds when a descriptor runs.
-    pub fn with_atomic(mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> Self {
+    pub fn with_dma(mem: Arc<dyn DmaMemory>) -> Self {
         Self { mem }
     }
 }
@@ -78,7 +119,7 @@ impl DsaBackend for SoftwareBackend {
 
     fn submit(&mut self, _wq: usize, desc: &[u8; DESC_SIZE], limits: &EngineLimits) -> Submitted {
         let d = Descriptor::parse(desc);
-        Submitted::Done(engine::execute(&*self.mem.memory(), &d, limits))
+        Submitted::Done(engine::execute(&*self.mem.snapshot(), &d, limits))
     }
 
     fn reject(&mut self, _wq: usize, desc: &[u8; DESC_SIZE], status: u8) -> Outcome {
@@ -111,7 +152,7 @@ impl DsaBackend for SoftwareBackend {
             out.swerr = swerr(0x1b);
         } else {
             // Section 7: bytes 1..32 first, the status byte last.
-            let mem = self.mem.memory();
+            let mem = self.mem.snapshot();
             let ok = mem
                 .write_slice(&[0u8; 31], GuestAddress(addr.wrapping_add(1)))
                 .is_ok()

@@ -5,6 +5,7 @@
 //! device set INTCAUSE bit 1 and send MSI-X vector 0 (traps 4 and 5); the probe reset
 //! (0x0050_0000) is polled and must not raise anything.
 
+use super::backend::Mirror;
 use super::regs::{Registers, INTCAUSE_CMD, STATE_DISABLED, STATE_ENABLED, TOTAL_RDBUFS};
 use super::DsaDevice;
 
@@ -131,11 +132,15 @@ impl DsaDevice {
             code::ENABLE_DEVICE => self.enable_device(),
             code::DISABLE_DEVICE => self.disable_device(),
             code::DRAIN_ALL | code::DRAIN_PASID => {
-                self.drain((0..n).collect());
+                let all: Vec<usize> = (0..n).collect();
+                self.backend.mirror(Mirror::Wqs(code::DRAIN_WQ, &all));
+                self.drain(all);
                 status::SUCCESS
             }
             code::ABORT_ALL | code::ABORT_PASID => {
-                self.abort((0..n).collect());
+                let all: Vec<usize> = (0..n).collect();
+                self.backend.mirror(Mirror::Wqs(code::ABORT_WQ, &all));
+                self.abort(all);
                 status::SUCCESS
             }
             code::RESET_DEVICE => {
@@ -169,6 +174,10 @@ impl DsaDevice {
         {
             return e;
         }
+        let e = self.backend.mirror(Mirror::EnableDevice(&self.tables));
+        if e != status::SUCCESS {
+            return e;
+        }
         self.regs.state = STATE_ENABLED;
         status::SUCCESS
     }
@@ -179,6 +188,7 @@ impl DsaDevice {
             return status::DEV_NOT_ENABLED;
         }
         let n = self.tables.wqs.len();
+        self.backend.mirror(Mirror::DisableDevice);
         self.drain((0..n).collect());
         self.tables.wqs.iter_mut().for_each(|w| {
             w.enabled = false;
@@ -191,6 +201,7 @@ impl DsaDevice {
     /// RESET_DEVICE: abort everything without completion records, then the reset values of
     /// section 2.19 (PCI config space, the MSI-X table and PBA are untouched).
     fn reset_device(&mut self) {
+        self.backend.mirror(Mirror::ResetDevice);
         self.backend.reset();
         self.regs.reset();
         self.tables.reset();
@@ -202,11 +213,11 @@ impl DsaDevice {
         let dev_xfer = ((gencap >> 16) & 0x1f) as u8;
         let dev_batch = ((gencap >> 21) & 0xf) as u8;
         let enabled = self.regs.state == STATE_ENABLED;
-        let Some(w) = self.tables.wqs.get_mut(wq) else {
+        let Some(w) = self.tables.wqs.get(wq) else {
             return status::INVALID_WQ;
         };
 
-        if !enabled {
+        let e = if !enabled {
             status::WQ_DEV_NOT_ENABLED
         } else if w.enabled {
             status::WQ_ENABLED
@@ -225,16 +236,24 @@ impl DsaDevice {
         } else if w.max_xfer_shift() > dev_xfer {
             status::WQ_MAX_XFER
         } else {
-            w.enabled = true;
-            w.occupancy = 0;
-            status::SUCCESS
+            self.backend.mirror(Mirror::EnableWq(wq, &self.tables))
+        };
+        if e == status::SUCCESS {
+            if let Some(w) = self.tables.wqs.get_mut(wq) {
+                w.enabled = true;
+                w.occupancy = 0;
+            }
         }
+        e
     }
 
     fn wq_command(&mut self, op: u32, set: Vec<usize>) -> u8 {
         let not_enabled = set
             .iter()
             .any(|w| self.tables.wqs.get(*w).is_none_or(|q| !q.enabled));
+        if !(op == code::DISABLE_WQ && not_enabled) {
+            self.backend.mirror(Mirror::Wqs(op, &set));
+        }
         match op {
             code::DISABLE_WQ => {
                 if not_enabled {

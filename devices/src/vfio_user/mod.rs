@@ -4,6 +4,7 @@
 //! project puts in front of the crate's server, [`shared_portal`] the mapped portal pages.
 
 pub mod client;
+pub mod dma_space;
 pub mod server;
 pub mod session;
 pub mod shared_portal;

@@ -261,7 +261,13 @@ fn run_session(client: UnixStream, opts: &ServerOptions, id: u64) -> Result<(), 
         threads.push(
             std::thread::Builder::new()
                 .name("dsa-proto".into())
-                .spawn(move || server.run(&mut session).map_err(ServerError::Protocol))
+                .spawn(move || {
+                    let r = server.run(&mut session).map_err(ServerError::Protocol);
+                    // One line per session with its counters (what the device ran, the DMA
+                    // windows it was given), for the operator and the rig tests.
+                    tracing::info!("client {id} summary: {}", session.summary());
+                    r
+                })
                 .map_err(io_err("spawn the protocol thread"))?,
         );
         let (tx, rx) = std::sync::mpsc::channel();

@@ -25,12 +25,9 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion, SparseArea};
-use vm_memory::{
-    FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dma_space::DmaSpace;
 use super::shared_portal::{SharedPortal, WatchCounters};
 use crate::dsa::backend::SoftwareBackend;
 use crate::dsa::descriptor::DESC_SIZE;
@@ -44,10 +41,7 @@ pub const STATS_REGION: u32 = 9;
 pub const STATS_REGION_SIZE: u64 = 0x10000;
 /// Size of the configuration-space region (PCIe extended space; above 256 reads 0).
 pub const CONFIG_REGION_SIZE: u64 = 0x1000;
-/// The most DMA windows one client may map. Each holds a descriptor and a mapping, so the
-/// bound keeps a client far from the process's descriptor limit and `vm.max_map_count`; a
-/// vIOMMU's many small windows fit (guest RAM is usually a handful of windows).
-pub const MAX_DMA_WINDOWS: usize = 1024;
+pub use super::dma_space::MAX_DMA_WINDOWS;
 
 const _: () = assert!(STATS_REGION + 1 == super::wire::NUM_REGIONS);
 
@@ -127,7 +121,7 @@ struct ServerStats {
 pub struct Session {
     cfg: DsaConfig,
     dev: Arc<Mutex<DsaDevice>>,
-    mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
+    mem: DmaSpace,
     sink: Arc<EventfdSink>,
     portal: Arc<SharedPortal>,
     reassembly: Option<Reassembly>,
@@ -137,12 +131,12 @@ pub struct Session {
 
 fn new_device(
     cfg: DsaConfig,
-    mem: &GuestMemoryAtomic<GuestMemoryMmap<()>>,
+    mem: &DmaSpace,
     sink: &Arc<EventfdSink>,
 ) -> Result<DsaDevice, crate::dsa::DsaError> {
     let mut dev = DsaDevice::with_backend(
         cfg,
-        Box::new(SoftwareBackend::with_atomic(mem.clone())),
+        Box::new(SoftwareBackend::with_dma(Arc::new(mem.clone()))),
         sink.clone(),
     )?;
     dev.set_msix_passthrough();
@@ -152,7 +146,7 @@ fn new_device(
 impl Session {
     /// A device of geometry `cfg` with no DMA windows and no interrupts yet.
     pub fn new(cfg: DsaConfig) -> Result<Self, super::ServerError> {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mem = DmaSpace::default();
         let sink = Arc::new(EventfdSink::default());
         let dev = Arc::new(Mutex::new(new_device(cfg, &mem, &sink)?));
         let portal = Arc::new(SharedPortal::create(cfg.portal_bar_size())?);
@@ -241,6 +235,28 @@ impl Session {
             .collect()
     }
 
+    /// The device's counters and the server's, as one line of JSON.
+    pub fn summary(&self) -> String {
+        let dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = dev.stats();
+        drop(dev);
+        let c = &self.counters;
+        serde_json::json!({
+            "descriptors": stats.descriptors,
+            "bytes": stats.bytes,
+            "completion_status": stats.completion_status,
+            "mapped_descriptors": self.watch.taken.load(Ordering::Relaxed),
+            "trapped_descriptors": c.trapped_descriptors.load(Ordering::Relaxed),
+            "dma_maps": c.dma_maps.load(Ordering::Relaxed),
+            "dma_unmaps": c.dma_unmaps.load(Ordering::Relaxed),
+            "dma_windows": self.mem.windows(),
+            "dma_files": self.mem.files(),
+            "commands": stats.commands,
+            "command_errors": stats.command_errors,
+        })
+        .to_string()
+    }
+
     fn stats_json(&self) -> Vec<u8> {
         let dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
         let c = &self.counters;
@@ -253,7 +269,7 @@ impl Session {
                 mapped_descriptors: self.watch.taken.load(Ordering::Relaxed),
                 torn_slots: c.torn_slots.load(Ordering::Relaxed),
                 portal_scans: self.watch.scans.load(Ordering::Relaxed),
-                dma_windows: self.mem.memory().num_regions(),
+                dma_windows: self.mem.windows(),
                 dma_maps: c.dma_maps.load(Ordering::Relaxed),
                 dma_unmaps: c.dma_unmaps.load(Ordering::Relaxed),
                 dma_maps_without_fd: c.dma_maps_without_fd.load(Ordering::Relaxed),
@@ -452,66 +468,28 @@ impl ServerBackend for Session {
             tracing::warn!("DMA_MAP {address:#x}+{size:#x} without a file descriptor: not reachable by the engine");
             return Ok(());
         };
-        let len = usize::try_from(size).map_err(|_| einval("DMA window too large"))?;
         super::shared_portal::check_window(&file, offset, size)
             .map_err(|e| einval(&format!("DMA_MAP {address:#x}+{size:#x}: {e}")))?;
         // Serialise with descriptors in flight: they hold the device lock.
         let _dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.mem.memory();
-        if current.num_regions() >= MAX_DMA_WINDOWS {
-            return Err(einval("too many DMA windows"));
-        }
-        let region = GuestRegionMmap::from_range(
-            GuestAddress(address),
-            len,
-            Some(FileOffset::new(file, offset)),
-        )
-        .map_err(|e| std::io::Error::other(format!("cannot map the DMA window: {e}")))?;
-        let next = current
-            .insert_region(Arc::new(region))
-            .map_err(|e| einval(&format!("DMA window {address:#x}+{size:#x}: {e}")))?;
-        drop(current);
         self.mem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(next);
+            .map(address, size, &file, offset)
+            .map_err(|e| einval(&format!("DMA_MAP {address:#x}+{size:#x}: {e}")))?;
         self.counters.dma_maps.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("DMA_MAP {address:#x}+{size:#x} at file offset {offset:#x}");
+        tracing::trace!("DMA_MAP {address:#x}+{size:#x} at file offset {offset:#x}");
         Ok(())
     }
 
     fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
         let _dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
         self.counters.dma_unmaps.fetch_add(1, Ordering::Relaxed);
-        let current = self.mem.memory();
+        // Exactly the range named goes: a vIOMMU unmaps any part of what it mapped, and
+        // windows merged at DMA_MAP are split again. Nothing mapped there: a no-op. The
+        // space is rebuilt before the next descriptor runs, under this lock, so nothing
+        // reaches the range after this reply.
         let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
-        let end = address.saturating_add(size);
-        // The specification unmaps exactly a previous window. A range covering several whole
-        // windows removes them (a vIOMMU unmaps large ranges); one that cuts a window is
-        // refused and changes nothing, so nothing the client believes revoked stays reachable
-        // without it knowing. A range covering nothing is a no-op.
-        let mut gone = Vec::new();
-        for r in current.iter() {
-            let (s, e) = (r.start_addr().0, r.start_addr().0.saturating_add(r.len()));
-            if all || (s >= address && e <= end) {
-                gone.push((r.start_addr(), r.len()));
-            } else if s < end && address < e {
-                return Err(einval(&format!(
-                    "DMA_UNMAP {address:#x}+{size:#x} cuts the window {s:#x}..{e:#x}"
-                )));
-            }
-        }
-        let mut next = (*current).clone();
-        for (base, len) in gone {
-            if let Ok((rest, _)) = next.remove_region(base, len) {
-                next = rest;
-            }
-        }
-        drop(current);
-        self.mem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(next);
+        let gone = self.mem.unmap(address, size, all);
+        tracing::trace!("DMA_UNMAP {address:#x}+{size:#x}: {gone:#x} bytes unmapped");
         Ok(())
     }
 
