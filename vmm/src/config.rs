@@ -231,6 +231,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vfio_specs_parse_and_refuse_what_cannot_work() {
+        assert_eq!(
+            "backend=vfio,device=0000:6a:01.0,wqs=1:3-5".parse::<DsaSpec>(),
+            Ok(DsaSpec::Vfio {
+                device: "0000:6a:01.0".into(),
+                wqs: Some(vec![1, 3, 4, 5])
+            })
+        );
+        assert_eq!(
+            "backend=vfio,device=00:03.0".parse::<DsaSpec>(),
+            Ok(DsaSpec::Vfio {
+                device: "00:03.0".into(),
+                wqs: None
+            })
+        );
+        for bad in [
+            "backend=vfio",
+            "backend=vfio,device=",
+            "backend=vfio,device=x,wqs=",
+            "backend=vfio,device=x,wqs=3-1",
+            "backend=vfio,device=x,wqs=0-100000",
+            "backend=vfio,device=x,wqs=a",
+            "backend=vfio,device=x,socket=/s",
+        ] {
+            assert!(bad.parse::<DsaSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn memory_bounds() {
         assert_eq!(check_memory(0, None), Err(ConfigError::MemoryTooSmall(0)));
         assert!(check_memory(16, Some(1024)).is_ok());

@@ -568,6 +568,7 @@ fn attach_vfio_dsa(
     }
     let wqs: Vec<usize> =
         wqs.map_or_else(|| (0..phys.caps().wqs.min(8)).collect(), <[usize]>::to_vec);
+    devices::vfio::device::check_wqs(&wqs, phys.caps().wqs).map_err(verr)?;
     let cfg = guest_config(&phys.caps(), wqs.len()).map_err(verr)?;
     let sink = Arc::new(
         KvmMsiSink::new(router.clone(), cfg.msix_vectors())

@@ -41,7 +41,7 @@ pub fn guest_config(
         wqs: u8::try_from(wqs).unwrap_or(u8::MAX),
         engines: caps.engines.clamp(1, 4) as u8,
         groups: caps.groups.clamp(1, 4) as u8,
-        total_wq_size: caps.total_wq_size.clamp(wqs as u16, 128),
+        total_wq_size: caps.total_wq_size.min(128).max(wqs.min(128) as u16),
         max_xfer_shift: xfer,
         max_batch_shift: caps.max_batch_shift.clamp(5, 10).min(31 - xfer),
     };
