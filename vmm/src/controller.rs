@@ -127,6 +127,23 @@ pub fn dsa_config_to_api(spec: &DsaSpec) -> DsaDeviceConfig {
     }
 }
 
+/// A counter family: name, help, and how to read it from a device's stats.
+type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// Appends one counter family per `(name, help, getter)` with a line per `(device id, stats)`;
+/// nothing when there are no devices.
+fn push_device_counters<T>(out: &mut String, devices: &[(String, T)], counters: &[Counter<T>]) {
+    if devices.is_empty() {
+        return;
+    }
+    for (name, help, get) in counters {
+        out.push_str(&prometheus_header(name, help, "counter"));
+        for (id, c) in devices {
+            out.push_str(&prometheus_line(name, &[("device", id)], get(c)));
+        }
+    }
+}
+
 impl Controller {
     /// A controller with nothing configured.
     pub fn new(
@@ -614,8 +631,7 @@ impl Controller {
             .zip(&vm.dsa)
             .filter_map(|((id, _), d)| Some((id.clone(), d.client_stats()?)))
             .collect();
-        type ClientGetter = fn(&devices::vfio_user::client::ClientStats) -> u64;
-        let client_counters: [(&str, &str, ClientGetter); 3] = [
+        let client_counters: [Counter<devices::vfio_user::client::ClientStats>; 3] = [
             (
                 "dsavmm_dsa_portal_exits_total",
                 "vfio-user: portal stores that exited to dsavmm",
@@ -632,15 +648,7 @@ impl Controller {
                 |c| c.register_messages,
             ),
         ];
-        for (name, help, get) in client_counters {
-            if clients.is_empty() {
-                break;
-            }
-            out.push_str(&prometheus_header(name, help, "counter"));
-            for (id, c) in &clients {
-                out.push_str(&prometheus_line(name, &[("device", id)], get(c)));
-            }
-        }
+        push_device_counters(&mut out, &clients, &client_counters);
         // backend=vfio devices: the mediation's counters.
         let mediated: Vec<_> = self
             .dsa
@@ -648,8 +656,7 @@ impl Controller {
             .zip(&vm.dsa)
             .filter_map(|((id, _), d)| Some((id.clone(), d.vfio_stats()?)))
             .collect();
-        type VfioGetter = fn(&devices::vfio::device::VfioStats) -> u64;
-        let vfio_counters: [(&str, &str, VfioGetter); 3] = [
+        let vfio_counters: [Counter<devices::vfio::device::VfioStats>; 3] = [
             (
                 "dsavmm_dsa_vfio_portal_exits_total",
                 "vfio: portal stores that exited to dsavmm (0 while the pages are mapped)",
@@ -666,15 +673,7 @@ impl Controller {
                 |c| c.physical_errors,
             ),
         ];
-        for (name, help, get) in vfio_counters {
-            if mediated.is_empty() {
-                break;
-            }
-            out.push_str(&prometheus_header(name, help, "counter"));
-            for (id, c) in &mediated {
-                out.push_str(&prometheus_line(name, &[("device", id)], get(c)));
-            }
-        }
+        push_device_counters(&mut out, &mediated, &vfio_counters);
         out
     }
 }

@@ -463,27 +463,14 @@ fn attach_dsa_devices(
     let guest_mem = Arc::new(mem.clone());
     let mut out = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        if let DsaSpec::Vfio { device, wqs } = spec {
-            let (handle, dev) = attach_vfio_dsa(vm_fd, mem, &router, device, wqs.as_deref(), i)?;
-            let bdf = pci
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add_device(dev)
-                .map_err(|e| VmError::Device("DSA", e.to_string()))?;
-            tracing::info!("dsa{i}: {spec:?} at PCI {bdf:?}");
-            out.push(handle);
-            continue;
-        }
-        let vectors = match spec {
-            DsaSpec::Software(cfg) => cfg.msix_vectors(),
-            DsaSpec::VfioUser { .. } | DsaSpec::Vfio { .. } => VFIO_USER_VECTORS,
-        };
-        let sink = Arc::new(
+        let sink_for = |vectors: u16| {
             KvmMsiSink::new(router.clone(), vectors)
-                .map_err(|e| VmError::Device("DSA interrupts", e.to_string()))?,
-        );
+                .map(Arc::new)
+                .map_err(|e| VmError::Device("DSA interrupts", e.to_string()))
+        };
         let (handle, dev): (DsaHandle, SharedPciDevice) = match spec {
             DsaSpec::Software(cfg) => {
+                let sink = sink_for(cfg.msix_vectors())?;
                 let d = Arc::new(Mutex::new(
                     DsaDevice::new(*cfg, guest_mem.clone(), sink)
                         .map_err(|e| VmError::Device("DSA", e.to_string()))?,
@@ -503,6 +490,7 @@ fn attach_dsa_devices(
                         })
                     })
                     .collect();
+                let sink = sink_for(VFIO_USER_VECTORS)?;
                 let d = Arc::new(Mutex::new(
                     VfioUserDsa::connect(
                         socket,
@@ -517,7 +505,9 @@ fn attach_dsa_devices(
                 ));
                 (DsaHandle::VfioUser(d.clone()), d)
             }
-            DsaSpec::Vfio { .. } => unreachable!("attached above"),
+            DsaSpec::Vfio { device, wqs } => {
+                attach_vfio_dsa(vm_fd, mem, &sink_for, device, wqs.as_deref(), i)?
+            }
         };
         let bdf = pci
             .lock()
@@ -538,7 +528,7 @@ const VFIO_PORTAL_SLOT_BASE: u32 = 64;
 fn attach_vfio_dsa(
     vm_fd: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
-    router: &Arc<GsiRouter>,
+    sink_for: &dyn Fn(u16) -> Result<Arc<KvmMsiSink>, VmError>,
     device: &str,
     wqs: Option<&[usize]>,
     index: usize,
@@ -570,10 +560,7 @@ fn attach_vfio_dsa(
         wqs.map_or_else(|| (0..phys.caps().wqs.min(8)).collect(), <[usize]>::to_vec);
     devices::vfio::device::check_wqs(&wqs, phys.caps().wqs).map_err(verr)?;
     let cfg = guest_config(&phys.caps(), wqs.len()).map_err(verr)?;
-    let sink = Arc::new(
-        KvmMsiSink::new(router.clone(), cfg.msix_vectors())
-            .map_err(|e| VmError::Device("DSA interrupts", e.to_string()))?,
-    );
+    let sink = sink_for(cfg.msix_vectors())?;
     let slot = VFIO_PORTAL_SLOT_BASE + 8 * index as u32;
     let d = Arc::new(Mutex::new(
         VfioDsa::new(phys, wqs, sink, vm_fd.clone(), slot).map_err(verr)?,
