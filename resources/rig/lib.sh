@@ -25,6 +25,9 @@ QEMU_DATA_VERSION="${DSAVMM_QEMU_DATA_VERSION:-1:7.2+dfsg-7+deb12u18}"
 log() { echo "[$(basename "$0")] $*" >&2; }
 die() { echo "[$(basename "$0")] error: $*" >&2; exit 1; }
 
+# shellcheck source=apt.sh
+source "$RIG_LIB_DIR/apt.sh"
+
 # sha256 of stdin, first 16 hex digits.
 short_hash() { sha256sum | cut -c1-16; }
 
@@ -39,19 +42,17 @@ deb_get() {
     fi
     local spec="$name"
     [[ -n "$version" ]] && spec="$name=$version"
-    local out
-    if ! out="$(cd "$CACHE/debs" && apt-get download "$spec" 2>&1)"; then
+    if ! apt_download "$CACHE/debs" "$spec"; then
         if [[ -n "$version" ]]; then
-            log "warning: $spec not available ($(echo "$out" | tail -n1)); using the candidate version"
-            out="$(cd "$CACHE/debs" && apt-get download "$name" 2>&1)" \
-                || die "apt-get download $name failed: $out"
+            log "warning: $spec not available; using the candidate version"
+            apt_download "$CACHE/debs" "$name" || die "apt-get download $name failed"
         else
-            die "apt-get download $name failed: $out"
+            die "apt-get download $name failed"
         fi
     fi
     # apt-get names the file <name>_<version with ':' as %3a>_<arch>.deb; take the newest match.
     path="$(cd "$CACHE/debs" && ls -t "${name}"_*.deb 2>/dev/null | head -n1)"
-    [[ -n "$path" ]] || die "apt-get download $spec produced no file: $out"
+    [[ -n "$path" ]] || die "apt-get download $spec produced no file"
     echo "$path" >"$stamp"
     echo "$CACHE/debs/$path"
 }
