@@ -133,20 +133,17 @@ impl DsaDevice {
             code::DISABLE_DEVICE => self.disable_device(),
             code::DRAIN_ALL | code::DRAIN_PASID => {
                 let all: Vec<usize> = (0..n).collect();
-                self.backend.mirror(Mirror::Wqs(code::DRAIN_WQ, &all));
+                let e = self.backend.mirror(Mirror::Wqs(code::DRAIN_WQ, &all));
                 self.drain(all);
-                status::SUCCESS
+                e
             }
             code::ABORT_ALL | code::ABORT_PASID => {
                 let all: Vec<usize> = (0..n).collect();
-                self.backend.mirror(Mirror::Wqs(code::ABORT_WQ, &all));
+                let e = self.backend.mirror(Mirror::Wqs(code::ABORT_WQ, &all));
                 self.abort(all);
-                status::SUCCESS
+                e
             }
-            code::RESET_DEVICE => {
-                self.reset_device();
-                status::SUCCESS
-            }
+            code::RESET_DEVICE => self.reset_device(),
             code::ENABLE_WQ => self.enable_wq(operand as usize),
             code::DISABLE_WQ | code::DRAIN_WQ | code::ABORT_WQ | code::RESET_WQ => {
                 match wq_set(operand, n) {
@@ -188,23 +185,25 @@ impl DsaDevice {
             return status::DEV_NOT_ENABLED;
         }
         let n = self.tables.wqs.len();
-        self.backend.mirror(Mirror::DisableDevice);
+        let e = self.backend.mirror(Mirror::DisableDevice);
         self.drain((0..n).collect());
         self.tables.wqs.iter_mut().for_each(|w| {
             w.enabled = false;
             w.occupancy = 0;
         });
         self.regs.state = STATE_DISABLED;
-        status::SUCCESS
+        e
     }
 
     /// RESET_DEVICE: abort everything without completion records, then the reset values of
-    /// section 2.19 (PCI config space, the MSI-X table and PBA are untouched).
-    fn reset_device(&mut self) {
-        self.backend.mirror(Mirror::ResetDevice);
+    /// section 2.19 (PCI config space, the MSI-X table and PBA are untouched). Returns the
+    /// backend's error (a mediated device's physical one); the reset happens regardless.
+    fn reset_device(&mut self) -> u8 {
+        let e = self.backend.mirror(Mirror::ResetDevice);
         self.backend.reset();
         self.regs.reset();
         self.tables.reset();
+        e
     }
 
     /// ENABLE_WQ checks in the order of section 4.4 \[R\].
@@ -251,9 +250,21 @@ impl DsaDevice {
         let not_enabled = set
             .iter()
             .any(|w| self.tables.wqs.get(*w).is_none_or(|q| !q.enabled));
-        if !(op == code::DISABLE_WQ && not_enabled) {
-            self.backend.mirror(Mirror::Wqs(op, &set));
+        let physical = if !(op == code::DISABLE_WQ && not_enabled) {
+            self.backend.mirror(Mirror::Wqs(op, &set))
+        } else {
+            status::SUCCESS
+        };
+        let e = self.wq_command_locally(op, set, not_enabled);
+        if e == status::SUCCESS {
+            physical
+        } else {
+            e
         }
+    }
+
+    /// The front end's part of a WQ-set command.
+    fn wq_command_locally(&mut self, op: u32, set: Vec<usize>, not_enabled: bool) -> u8 {
         match op {
             code::DISABLE_WQ => {
                 if not_enabled {

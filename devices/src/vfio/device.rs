@@ -18,6 +18,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use serde::Serialize;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -236,49 +237,67 @@ impl VfioDsa {
         offset >= base && offset + len as u64 <= base + 0x1000
     }
 
-    fn install_portals(&mut self, gpa: Option<u64>) {
-        let region =
-            |slot: u32, gpa: u64, size: u64, host: u64| kvm_bindings::kvm_userspace_memory_region {
-                slot,
-                flags: 0,
-                guest_phys_addr: gpa,
-                memory_size: size,
-                userspace_addr: host,
-            };
-        if let Some(old) = self.portal_gpa.take() {
-            for (i, _) in self.wqs.iter().enumerate() {
-                let at = old + i as u64 * PORTAL_STRIDE;
-                // SAFETY: deleting (size 0) a slot this device installed.
-                if let Err(e) = unsafe {
-                    self.vm
-                        .set_user_memory_region(region(self.slot_base + i as u32, at, 0, 0))
-                } {
-                    tracing::error!("removing the portal slot at {at:#x}: {e}");
-                }
+    /// The KVM slot of guest WQ `i`'s portal pages at `gpa` (size 0 deletes it).
+    fn portal_region(
+        &self,
+        i: usize,
+        gpa: u64,
+        size: u64,
+        host: u64,
+    ) -> kvm_userspace_memory_region {
+        kvm_userspace_memory_region {
+            slot: self.slot_base + i as u32,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        }
+    }
+
+    /// Deletes the portal slots of guest WQs `0..count` installed at `base`.
+    fn remove_portals(&self, base: u64, count: usize) {
+        for i in 0..count {
+            let at = base + i as u64 * PORTAL_STRIDE;
+            // SAFETY: deleting (size 0) a slot this device installed.
+            if let Err(e) = unsafe {
+                self.vm
+                    .set_user_memory_region(self.portal_region(i, at, 0, 0))
+            } {
+                tracing::error!("removing the portal slot at {at:#x}: {e}");
             }
+        }
+    }
+
+    /// Moves the portal slots to the BAR at `gpa` (`None`: removes them). All or none: a slot
+    /// that cannot be installed removes the ones installed before it, and every store then
+    /// exits to dsavmm, which posts it.
+    fn install_portals(&mut self, gpa: Option<u64>) {
+        if let Some(old) = self.portal_gpa.take() {
+            self.remove_portals(old, self.wqs.len());
         }
         let Some(gpa) = gpa else {
             return;
         };
         for (i, w) in self.wqs.iter().enumerate() {
             let Some(host) = self.phys.portal(*w) else {
-                continue;
+                tracing::warn!(
+                    "physical WQ {w} has no portal pages: WQ {i}'s stores exit to dsavmm"
+                );
+                self.remove_portals(gpa, i);
+                return;
             };
             let at = gpa + i as u64 * PORTAL_STRIDE;
             // SAFETY: `host` is physical WQ `w`'s 16 KiB inside the BAR2 mapping that
             // `self.phys` holds for as long as this device lives; the slot is removed before
             // (Drop) and whenever the BAR moves.
             if let Err(e) = unsafe {
-                self.vm.set_user_memory_region(region(
-                    self.slot_base + i as u32,
-                    at,
-                    PORTAL_STRIDE,
-                    host,
-                ))
+                self.vm
+                    .set_user_memory_region(self.portal_region(i, at, PORTAL_STRIDE, host))
             } {
                 tracing::warn!(
-                    "cannot map WQ {i}'s portal at {at:#x} ({e}): its stores exit to dsavmm"
+                    "cannot map WQ {i}'s portal at {at:#x} ({e}): every portal store exits to dsavmm"
                 );
+                self.remove_portals(gpa, i);
                 return;
             }
         }

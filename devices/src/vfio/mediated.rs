@@ -6,15 +6,22 @@
 //! `e` is physical engine `e` (the guest sees at most as many groups and engines as the
 //! device has). Translated, per command:
 //! - ENABLE_DEVICE: every physical GRPCFG rewritten from the guest's (WQ bits translated,
-//!   engines masked to the device's, flags 0: no read-buffer reservations or traffic classes
+//!   engines masked to the device's; of GRPFLGCFG only the guest's traffic classes A and B,
+//!   which the 6.12 driver sets to 1 on DSA 1.0/2.0: no read-buffer reservations or limits
 //!   from a guest), the size of each given WQ from the guest's, every WQ not given size 0;
 //!   then the physical ENABLE_DEVICE, whose error is the guest's.
 //! - ENABLE_WQ: the physical WQCFG of `wqs[i]` from the guest's, clamped: dedicated mode,
 //!   priority 1..=15, threshold 0, no PASID or block-on-fault, max transfer and batch no
-//!   larger than the device's; then the physical ENABLE_WQ.
+//!   larger than the device's; then the physical ENABLE_WQ. A physical WQ found enabled
+//!   (left so by a crash of an earlier owner) is disabled, rewritten and enabled again, so
+//!   the clamped configuration is the one that runs.
 //! - DISABLE/DRAIN/ABORT/RESET_WQ, DRAIN_ALL/ABORT_ALL: the same command on the translated
 //!   WQ set, one per 16-WQ block.
 //! - DISABLE_DEVICE, RESET_DEVICE: the physical ones (this guest owns the function).
+//!
+//! The front end changes its own state on a teardown command whatever the physical device
+//! answered (a guest must always be able to stop), and the guest's CMDSTS carries the
+//! physical error when its own check passed.
 //!
 //! Descriptors never come here: the given WQs' portal pages are the guest's memory (see
 //! [`super::device`]). A store that exits to dsavmm anyway is posted to the physical portal.
@@ -88,6 +95,9 @@ pub struct MediatedBackend {
     counters: Arc<MediationCounters>,
 }
 
+/// GRPFLGCFG's traffic class A (\[2:0\]) and B (\[5:3\]) fields.
+const GRPFLG_TRAFFIC_CLASSES: u64 = 0x3f;
+
 /// The WQ-set operands (\[15:0\] bitmask, \[19:16\] block) naming `wqs`.
 pub fn wq_set_operands(wqs: impl IntoIterator<Item = usize>) -> Vec<u32> {
     let mut blocks = std::collections::BTreeMap::<usize, u32>::new();
@@ -157,7 +167,11 @@ impl MediatedBackend {
                 self.phys.write_grpcfg(g, q, *v);
             }
             self.phys.write_grpcfg(g, 4, eng);
-            self.phys.write_grpcfg(g, 5, 0);
+            let tcs = t
+                .groups
+                .get(g)
+                .map_or(0, |grp| grp.flags & GRPFLG_TRAFFIC_CLASSES);
+            self.phys.write_grpcfg(g, 5, tcs);
         }
         for p in 0..caps.wqs {
             let size = self
@@ -179,16 +193,28 @@ impl MediatedBackend {
         let prio = u32::from(w.priority().clamp(1, 15));
         let xfer = u32::from(w.max_xfer_shift().min(caps.max_xfer_shift));
         let batch = u32::from(w.max_batch_shift().min(caps.max_batch_shift));
-        self.phys.write_wqcfg(p, 1, 0);
-        self.phys.write_wqcfg(p, 2, 1 | (prio << 4));
-        self.phys.write_wqcfg(p, 3, xfer | (batch << 5));
-        for d in [4, 5] {
-            self.phys.write_wqcfg(p, d, 0);
+        let write = || {
+            self.phys.write_wqcfg(p, 1, 0);
+            self.phys.write_wqcfg(p, 2, 1 | (prio << 4));
+            self.phys.write_wqcfg(p, 3, xfer | (batch << 5));
+            for d in [4, 5] {
+                self.phys.write_wqcfg(p, d, 0);
+            }
+        };
+        write();
+        let e = self.run(code::ENABLE_WQ, p as u32);
+        if e != crate::dsa::command::status::WQ_ENABLED {
+            return e;
         }
-        match self.run(code::ENABLE_WQ, p as u32) {
-            0x21 => 0,
-            e => e,
+        // Enabled already: WQCFG is read-only then, so what runs is not what was just
+        // clamped. Disable it, write again, enable.
+        tracing::warn!("physical WQ {p} was enabled already: disabling and reconfiguring it");
+        let e = self.run(code::DISABLE_WQ, wq_set_operands([p])[0]);
+        if e != 0 {
+            return e;
         }
+        write();
+        self.run(code::ENABLE_WQ, p as u32)
     }
 
     fn wqs_command(&self, op: u32, set: &[usize]) -> u8 {

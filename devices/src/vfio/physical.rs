@@ -82,6 +82,8 @@ pub struct PhysicalDsa {
     portals: *mut u8,
     portals_len: usize,
     vectors: u32,
+    /// Set once `open` has checked it is a DSA: only then does Drop disable and reset it.
+    owned: bool,
 }
 
 // SAFETY: `portals` is a shared device mapping only written with volatile stores; the VFIO
@@ -156,6 +158,21 @@ impl PhysicalDsa {
                 "its portal BAR cannot be mapped".into(),
             ));
         }
+        // Nothing is written to a function that is not a DSA: its class code (config 0x09..0x0b)
+        // first, then (below) its capability registers, before `Self` (whose Drop sends
+        // DISABLE/RESET commands) owns it.
+        let mut class = [0u8; 4];
+        device.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut class, 8);
+        let class = u32::from_le_bytes(class) >> 8;
+        if class != crate::dsa::DSA_CLASS {
+            return Err(VfioError::NotDsa(
+                bdf.to_string(),
+                format!(
+                    "its PCI class is {class:#08x}, not {:#08x} (a DSA)",
+                    crate::dsa::DSA_CLASS
+                ),
+            ));
+        }
         device.reset();
         // Memory space and bus master enable (PCI command register bits 1 and 2).
         let mut cmd = [0u8; 2];
@@ -196,6 +213,7 @@ impl PhysicalDsa {
             portals: p.cast(),
             portals_len: len,
             vectors,
+            owned: false,
         };
         let caps = PhysicalCaps::decode(
             dev.r64(regs::GENCAP),
@@ -220,6 +238,7 @@ impl PhysicalDsa {
             ));
         }
         dev.caps = caps;
+        dev.owned = true;
         tracing::info!(
             "physical DSA {bdf}: {} WQs, {} groups, {} engines, {} WQ entries, {vectors} MSI-X vectors",
             caps.wqs,
@@ -309,8 +328,9 @@ impl PhysicalDsa {
     }
 
     /// Stores a descriptor into physical WQ `wq`'s portal from this process (a guest store
-    /// that exited to dsavmm instead of reaching the mapped page): eight 8-byte stores, the
-    /// last quadword first, which a dsa-server's mapped portal reassembles (docs/vfio.md).
+    /// that exited to dsavmm instead of reaching the mapped page). With MOVDIR64B on this CPU
+    /// it is one 64-byte store, as hardware needs; without it, eight 8-byte stores, the last
+    /// quadword first, which only a dsa-server's mapped portal reassembles (docs/vfio.md).
     pub fn post(&self, wq: usize, offset_in_portal: u64, desc: &[u8; 64]) -> bool {
         let Some(base) = self.portal(wq) else {
             return false;
@@ -319,6 +339,19 @@ impl PhysicalDsa {
             return false;
         }
         let p = (base + offset_in_portal) as *mut u64;
+        if host_has_movdir64b() {
+            // SAFETY: `p` is 64-byte aligned and its 64 bytes lie in the live portal mapping
+            // (checked above); `desc` is 64 readable bytes; the CPU has MOVDIR64B (CPUID).
+            unsafe {
+                std::arch::asm!(
+                    "movdir64b {dst}, zmmword ptr [{src}]",
+                    dst = in(reg) p,
+                    src = in(reg) desc.as_ptr(),
+                    options(nostack, preserves_flags)
+                );
+            }
+            return true;
+        }
         for i in (0..8).rev() {
             let mut q = [0u8; 8];
             q.copy_from_slice(&desc[i * 8..i * 8 + 8]);
@@ -349,13 +382,22 @@ impl PhysicalDsa {
     }
 }
 
+/// Whether this CPU executes MOVDIR64B (CPUID.(EAX=7,ECX=0):ECX bit 28).
+fn host_has_movdir64b() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 28) != 0)
+}
+
 impl Drop for PhysicalDsa {
     fn drop(&mut self) {
         // What the guest was given goes back disabled and reset (VM exit or crash: the kernel
-        // resets the function again when the last descriptor closes).
-        let _ = self.command(crate::dsa::command::code::DISABLE_DEVICE, 0);
-        let _ = self.command(crate::dsa::command::code::RESET_DEVICE, 0);
-        let _ = self.device.disable_msix();
+        // resets the function again when the last descriptor closes). A function refused by
+        // `open` is written nothing.
+        if self.owned {
+            let _ = self.command(crate::dsa::command::code::DISABLE_DEVICE, 0);
+            let _ = self.command(crate::dsa::command::code::RESET_DEVICE, 0);
+            let _ = self.device.disable_msix();
+        }
         // SAFETY: exactly the mapping made in `open`; the guest's memory slots on it were
         // removed by the device before it dropped this.
         unsafe { libc::munmap(self.portals.cast(), self.portals_len) };

@@ -14,8 +14,10 @@
 //! - the engine's `GuestMemoryMmap` is rebuilt lazily, when a descriptor next needs memory
 //!   after a change, not once per message (which would be quadratic in the window count).
 //!
-//! Every change and every snapshot happens under the device lock the caller holds, so no
-//! descriptor runs on a mapping that is being unmapped (see [`DmaSpace::snapshot`]).
+//! Windows are page granular (IOVA, size and file offset multiples of [`DMA_PAGE`]); the
+//! window count, the file count and the bytes of all mapped files are capped. A file's mapping
+//! is released only once no window names it and no snapshot handed out earlier is still held,
+//! so a descriptor that still runs on an old snapshot never touches unmapped memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -31,6 +33,11 @@ use crate::dsa::backend::DmaMemory;
 pub const MAX_DMA_WINDOWS: usize = 1 << 18;
 /// The most distinct files a client's windows may come from.
 pub const MAX_DMA_FILES: usize = 64;
+/// The most bytes all of a client's files may have together (each is mapped whole, without
+/// reserving memory; the cap keeps a hostile client from exhausting the address space).
+pub const MAX_DMA_FILE_BYTES: u64 = 16 << 40;
+/// The granule of DMA windows: IOVA, size and file offset are multiples of it.
+pub const DMA_PAGE: u64 = 4096;
 
 /// A DMA_MAP or DMA_UNMAP the space refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +45,9 @@ pub enum DmaSpaceError {
     /// Zero length, or the range wraps.
     #[error("DMA window {0:#x}+{1:#x} is empty or wraps")]
     BadRange(u64, u64),
+    /// IOVA, size or file offset not a multiple of [`DMA_PAGE`].
+    #[error("DMA window {0:#x}+{1:#x} (file offset {2:#x}) is not page aligned")]
+    Unaligned(u64, u64, u64),
     /// The window overlaps one already mapped.
     #[error("DMA window {0:#x}+{1:#x} overlaps a mapped window")]
     Overlap(u64, u64),
@@ -47,6 +57,9 @@ pub enum DmaSpaceError {
     /// [`MAX_DMA_FILES`] reached.
     #[error("DMA windows from too many files (at most {MAX_DMA_FILES})")]
     TooManyFiles,
+    /// [`MAX_DMA_FILE_BYTES`] would be exceeded.
+    #[error("DMA files too large together (at most {MAX_DMA_FILE_BYTES:#x} bytes)")]
+    TooManyBytes,
     /// The window lies outside its file.
     #[error("DMA window at file offset {0:#x}+{1:#x} ends past its file ({2:#x} bytes)")]
     OutsideFile(u64, u64, u64),
@@ -69,8 +82,9 @@ unsafe impl Send for FileMapping {}
 impl Drop for FileMapping {
     fn drop(&mut self) {
         // SAFETY: `base`/`len` are exactly what mmap returned in `FileMapping::map`, and no
-        // window or snapshot points into it any more (the last window is gone and the space
-        // was rebuilt without it under the device lock).
+        // window or snapshot points into it any more: it is dropped only by `release_unused`
+        // once no window names it and no earlier snapshot is held, or with the space itself,
+        // whose Drop leaks the mappings instead while a snapshot is still held.
         unsafe { libc::munmap(self.base.cast(), self.len as usize) };
     }
 }
@@ -117,6 +131,48 @@ struct Inner {
     windows: BTreeMap<u64, Window>,
     files: HashMap<FileKey, FileMapping>,
     built: Option<Arc<GuestMemoryMmap<()>>>,
+    /// Snapshots handed out before the last change; a file is unmapped only once none is held.
+    earlier: Vec<Arc<GuestMemoryMmap<()>>>,
+}
+
+impl Inner {
+    /// Forgets the built space after a change, remembering it while someone still holds it.
+    fn invalidate(&mut self) {
+        if let Some(m) = self.built.take() {
+            self.earlier.push(m);
+        }
+        self.earlier.retain(|m| Arc::strong_count(m) > 1);
+    }
+
+    /// Whether a snapshot other than the current one is still held somewhere.
+    fn earlier_held(&mut self) -> bool {
+        self.earlier.retain(|m| Arc::strong_count(m) > 1);
+        !self.earlier.is_empty()
+    }
+
+    fn file_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.len).sum()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let held = self.earlier_held()
+            || self
+                .built
+                .as_ref()
+                .is_some_and(|m| Arc::strong_count(m) > 1);
+        if held {
+            // A snapshot outlives the space: its regions point into these mappings, so they
+            // stay mapped (leaked) rather than be unmapped under it.
+            tracing::warn!(
+                "DMA space dropped while a snapshot is held: its file mappings are kept"
+            );
+            for (_, f) in self.files.drain() {
+                std::mem::forget(f);
+            }
+        }
+    }
 }
 
 /// The address space; clones share it (the session changes it, the engine reads it).
@@ -132,6 +188,7 @@ impl Default for DmaSpace {
                 windows: BTreeMap::new(),
                 files: HashMap::new(),
                 built: None,
+                earlier: Vec::new(),
             })),
         }
     }
@@ -158,6 +215,9 @@ impl DmaSpace {
             .checked_add(size)
             .filter(|_| size > 0)
             .ok_or(DmaSpaceError::BadRange(iova, size))?;
+        if !(iova | size | offset).is_multiple_of(DMA_PAGE) {
+            return Err(DmaSpaceError::Unaligned(iova, size, offset));
+        }
         let meta = file
             .metadata()
             .map_err(|e| DmaSpaceError::Map(format!("fstat: {e}")))?;
@@ -174,8 +234,14 @@ impl DmaSpace {
             }
         }
         if !inner.files.contains_key(&key) {
+            if !inner.earlier_held() {
+                release_unused(inner);
+            }
             if inner.files.len() >= MAX_DMA_FILES {
                 return Err(DmaSpaceError::TooManyFiles);
+            }
+            if inner.file_bytes().saturating_add(meta.len()) > MAX_DMA_FILE_BYTES {
+                return Err(DmaSpaceError::TooManyBytes);
             }
             inner.files.insert(key, FileMapping::map(file, meta.len())?);
         }
@@ -211,27 +277,36 @@ impl DmaSpace {
         }
         if added > 0 && inner.windows.len() >= MAX_DMA_WINDOWS {
             // Undo nothing: a new window is only refused before anything changed (added > 0
-            // means no merge happened).
-            drop_unused(inner);
+            // means no merge happened). A file mapped for it alone is released later.
             return Err(DmaSpaceError::TooManyWindows);
         }
         inner.windows.insert(new.0, new.1);
         if let Some(f) = inner.files.get_mut(&key) {
             f.windows = (f.windows as isize + added).max(0) as usize;
         }
-        inner.built = None;
+        inner.invalidate();
         Ok(())
     }
 
     /// Unmaps `[iova, iova + size)` (all windows with `all`): the parts of windows inside it go,
-    /// the parts outside stay. Returns the bytes unmapped.
-    pub fn unmap(&self, iova: u64, size: u64, all: bool) -> u64 {
+    /// the parts outside stay. Returns the bytes unmapped. An empty, wrapping or unaligned range
+    /// is refused with nothing changed. A cut that would take the window count past
+    /// [`MAX_DMA_WINDOWS`] unmaps the cut window's remnant too (logged): a client that scatters
+    /// its windows that far loses DMA to that remnant, and nothing revoked stays reachable.
+    pub fn unmap(&self, iova: u64, size: u64, all: bool) -> Result<u64, DmaSpaceError> {
         let mut g = self.lock();
         let inner = &mut *g;
         let (start, end) = if all {
             (0, u64::MAX)
         } else {
-            (iova, iova.saturating_add(size))
+            let end = iova
+                .checked_add(size)
+                .filter(|_| size > 0)
+                .ok_or(DmaSpaceError::BadRange(iova, size))?;
+            if !(iova | size).is_multiple_of(DMA_PAGE) {
+                return Err(DmaSpaceError::Unaligned(iova, size, 0));
+            }
+            (iova, end)
         };
         let mut gone = 0u64;
         // Windows that start before `end` and end after `start`.
@@ -264,7 +339,13 @@ impl DmaSpace {
                 );
                 kept += 1;
             }
-            if e > end {
+            if e > end && inner.windows.len() >= MAX_DMA_WINDOWS {
+                tracing::warn!(
+                    "DMA_UNMAP {start:#x}..{end:#x}: the client is at {MAX_DMA_WINDOWS} windows; \
+                     the remnant {end:#x}..{e:#x} is unmapped too"
+                );
+                gone += e - end;
+            } else if e > end {
                 inner.windows.insert(
                     end,
                     Window {
@@ -281,29 +362,31 @@ impl DmaSpace {
             }
         }
         if gone > 0 {
-            inner.built = None;
+            inner.invalidate();
         }
-        gone
+        Ok(gone)
     }
 
-    /// The engine's view, rebuilt if a window changed since the last call. The caller holds
-    /// the device lock, as every DMA_MAP/UNMAP does: a file mapping is released only here,
-    /// after the space stopped naming it, so no descriptor runs on it.
+    /// The engine's view, rebuilt if a window changed since the last call. A file mapping is
+    /// released only when no window names it and no snapshot handed out earlier is held, so a
+    /// descriptor that still runs on an old snapshot keeps its memory mapped.
     pub fn snapshot(&self) -> Arc<GuestMemoryMmap<()>> {
         let mut g = self.lock();
         let inner = &mut *g;
         if let Some(m) = &inner.built {
             return m.clone();
         }
-        drop_unused(inner);
+        if !inner.earlier_held() {
+            release_unused(inner);
+        }
         let mut regions = Vec::with_capacity(inner.windows.len());
         for (&iova, w) in &inner.windows {
             let Some(f) = inner.files.get(&w.file) else {
                 continue;
             };
             // SAFETY: `offset + len <= f.len` was checked at DMA_MAP, so the pointer and length
-            // lie inside the live mapping `f`, which is unmapped only after no built space names
-            // it (drop_unused above runs before the rebuild, under the device lock).
+            // lie inside the live mapping `f`, which is unmapped only once no window names it
+            // and no snapshot (this one included) is held (`release_unused`, `Inner::drop`).
             let region = unsafe {
                 MmapRegion::<()>::build_raw(
                     f.base.add(w.offset as usize),
@@ -334,8 +417,8 @@ impl DmaSpace {
     }
 }
 
-/// Releases the mappings of files no window uses.
-fn drop_unused(inner: &mut Inner) {
+/// Releases the mappings of files no window uses; only when no earlier snapshot is held.
+fn release_unused(inner: &mut Inner) {
     inner.files.retain(|_, f| f.windows > 0);
 }
 
@@ -397,8 +480,8 @@ mod tests {
         s.map(0x11000, 4096, &f, 0x11000).unwrap();
         assert_eq!(s.windows(), 3);
         assert_eq!(
-            s.map(0x11800, 4096, &f, 0),
-            Err(DmaSpaceError::Overlap(0x11800, 4096))
+            s.map(0x11000, 0x2000, &f, 0),
+            Err(DmaSpaceError::Overlap(0x11000, 0x2000))
         );
         assert_eq!(s.snapshot().num_regions(), 3);
     }
@@ -408,7 +491,7 @@ mod tests {
         let f = memfd(1 << 20);
         let s = DmaSpace::default();
         s.map(0x4000_0000, 0x10000, &f, 0).unwrap();
-        assert_eq!(s.unmap(0x4000_4000, 0x1000, false), 0x1000);
+        assert_eq!(s.unmap(0x4000_4000, 0x1000, false), Ok(0x1000));
         assert_eq!(s.windows(), 2);
         let m = s.snapshot();
         assert!(m.read_obj::<u8>(GuestAddress(0x4000_4000)).is_err());
@@ -421,12 +504,12 @@ mod tests {
         f.read_exact_at(&mut b, 0x5000).unwrap();
         assert_eq!(b[0], 7);
         drop(m);
-        assert_eq!(s.unmap(0, 0, true), 0xf000);
+        assert_eq!(s.unmap(0, 0, true), Ok(0xf000));
         assert_eq!(s.windows(), 0);
         assert_eq!(s.snapshot().num_regions(), 0);
         assert_eq!(s.files(), 0);
         // Nothing mapped: a no-op.
-        assert_eq!(s.unmap(0x4000_0000, 0x1000, false), 0);
+        assert_eq!(s.unmap(0x4000_0000, 0x1000, false), Ok(0));
     }
 
     #[test]
@@ -434,7 +517,7 @@ mod tests {
         let f = memfd(0x10000);
         let s = DmaSpace::default();
         assert!(matches!(
-            s.map(0, 0x1000, &f, 0xf800),
+            s.map(0, 0x2000, &f, 0xf000),
             Err(DmaSpaceError::OutsideFile(..))
         ));
         assert!(matches!(
@@ -446,6 +529,72 @@ mod tests {
             Err(DmaSpaceError::BadRange(..))
         ));
         assert_eq!(s.windows(), 0);
+    }
+
+    #[test]
+    fn unaligned_and_empty_ranges_are_refused_with_nothing_changed() {
+        let f = memfd(0x10000);
+        let s = DmaSpace::default();
+        for (iova, size, off) in [(0x800, 0x1000, 0), (0, 0x1800, 0), (0, 0x1000, 0x10)] {
+            assert_eq!(
+                s.map(iova, size, &f, off),
+                Err(DmaSpaceError::Unaligned(iova, size, off))
+            );
+        }
+        s.map(0, 0x4000, &f, 0).unwrap();
+        // A size-0 unmap used to split the window around its address.
+        assert_eq!(
+            s.unmap(0x2000, 0, false),
+            Err(DmaSpaceError::BadRange(0x2000, 0))
+        );
+        assert_eq!(
+            s.unmap(0x1800, 0x1000, false),
+            Err(DmaSpaceError::Unaligned(0x1800, 0x1000, 0))
+        );
+        assert_eq!(
+            s.unmap(u64::MAX - 0xfff, 0x2000, false),
+            Err(DmaSpaceError::BadRange(u64::MAX - 0xfff, 0x2000))
+        );
+        assert_eq!(s.windows(), 1);
+        assert!(s.snapshot().read_obj::<u8>(GuestAddress(0x3fff)).is_ok());
+    }
+
+    #[test]
+    fn a_held_snapshot_keeps_its_file_mapped_until_released() {
+        let f = memfd(0x10000);
+        let s = DmaSpace::default();
+        s.map(0, 0x10000, &f, 0).unwrap();
+        let old = s.snapshot();
+        assert_eq!(s.unmap(0, 0, true), Ok(0x10000));
+        // Rebuilt without the window, but `old` still points into the file's mapping.
+        assert_eq!(s.snapshot().num_regions(), 0);
+        assert_eq!(s.files(), 1);
+        old.write_obj(5u8, GuestAddress(0x100)).unwrap();
+        drop(old);
+        s.map(0x10_0000, 0x1000, &memfd(0x1000), 0).unwrap();
+        assert_eq!(s.snapshot().num_regions(), 1);
+        assert_eq!(
+            s.files(),
+            1,
+            "the first file is released once its snapshot is gone"
+        );
+        // A snapshot that outlives the space keeps its memory too.
+        let last = s.snapshot();
+        drop(s);
+        last.write_obj(6u8, GuestAddress(0x10_0000)).unwrap();
+    }
+
+    #[test]
+    fn the_file_bytes_cap_holds() {
+        let s = DmaSpace::default();
+        let big = memfd(MAX_DMA_FILE_BYTES);
+        s.map(0, 0x1000, &big, 0).unwrap();
+        let more = memfd(0x1000);
+        assert_eq!(
+            s.map(1 << 50, 0x1000, &more, 0),
+            Err(DmaSpaceError::TooManyBytes)
+        );
+        assert_eq!(s.files(), 1);
     }
 
     #[test]
@@ -463,7 +612,7 @@ mod tests {
         let m = s.snapshot();
         assert_eq!(m.num_regions(), n as usize);
         m.write_obj(1u8, GuestAddress(4096 * 1000)).unwrap();
-        assert_eq!(s.unmap(0, n * 4096, false), n * 4096);
+        assert_eq!(s.unmap(0, n * 4096, false), Ok(n * 4096));
         assert_eq!(s.snapshot().num_regions(), 0);
     }
 }

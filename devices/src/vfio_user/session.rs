@@ -488,7 +488,10 @@ impl ServerBackend for Session {
         // space is rebuilt before the next descriptor runs, under this lock, so nothing
         // reaches the range after this reply.
         let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
-        let gone = self.mem.unmap(address, size, all);
+        let gone = self
+            .mem
+            .unmap(address, size, all)
+            .map_err(|e| einval(&format!("DMA_UNMAP {address:#x}+{size:#x}: {e}")))?;
         tracing::trace!("DMA_UNMAP {address:#x}+{size:#x}: {gone:#x} bytes unmapped");
         Ok(())
     }

@@ -219,3 +219,74 @@ fn wq_sets_translate_per_block() {
     assert_eq!(wq_set_operands([17, 1]), vec![0b10, (1 << 16) | 0b10]);
     assert!(wq_set_operands([]).is_empty());
 }
+
+#[test]
+fn a_physical_wq_left_enabled_is_reconfigured_with_the_clamped_values() {
+    let phys = ModelPort::new(DsaConfig::default());
+    // An earlier owner left physical WQ 1 enabled with priority 15 and its own size.
+    let mut earlier = Guest::new(&phys, vec![1]);
+    earlier.configure(&[(0, 32, 15)]);
+    assert_eq!(earlier.cmd(code::ENABLE_DEVICE, 0), 0);
+    assert_eq!(earlier.cmd(code::ENABLE_WQ, 0), 0);
+    std::mem::forget(earlier);
+    let mut g = Guest::new(&phys, vec![1]);
+    g.configure(&[(0, 32, 2)]);
+    // ENABLE_DEVICE on the enabled physical device: its error (0x10) is the guest's.
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0x10);
+    // Once the device is disabled and enabled again, the WQ comes up with this guest's values.
+    assert_eq!(g.cmd(code::RESET_DEVICE, 0), 0);
+    g.configure(&[(0, 32, 2)]);
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0);
+    phys.write_wqcfg(1, 2, 1 | (15 << 4));
+    assert_eq!(
+        phys.command(code::ENABLE_WQ, 1),
+        0,
+        "left enabled behind the guest"
+    );
+    assert_eq!(g.cmd(code::ENABLE_WQ, 0), 0);
+    assert!(phys.wq_enabled(1));
+    assert_eq!(
+        (phys.r32(WQCFG_OFFSET + 32 + 8) >> 4) & 0xf,
+        2,
+        "the guest's priority runs"
+    );
+    assert_eq!(g.counters.physical_errors.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn teardown_errors_of_the_physical_device_reach_the_guest_and_the_guest_still_stops() {
+    let phys = ModelPort::new(DsaConfig::default());
+    let mut g = Guest::new(&phys, vec![0]);
+    g.configure(&[(0, 16, 1)]);
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0);
+    assert_eq!(g.cmd(code::ENABLE_WQ, 0), 0);
+    // Someone disabled the physical WQ and device behind the guest's back.
+    assert_eq!(phys.command(code::DISABLE_DEVICE, 0), 0);
+    // DISABLE_WQ: the guest's WQ was enabled, the physical one is not (0x32).
+    assert_eq!(g.cmd(code::DISABLE_WQ, 1), 0x32);
+    // DISABLE_DEVICE: physical 0x31 (not enabled); the guest's device is disabled anyway.
+    assert_eq!(g.cmd(code::DISABLE_DEVICE, 0), 0x31);
+    assert_eq!(g.counters.physical_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        g.cmd(code::DISABLE_DEVICE, 0),
+        0x31,
+        "the front end's own check"
+    );
+    assert_eq!(g.counters.physical_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0, "and it can start again");
+}
+
+#[test]
+fn only_the_guests_traffic_classes_reach_grpflgcfg() {
+    let phys = ModelPort::new(DsaConfig::default());
+    let mut g = Guest::new(&phys, vec![0]);
+    g.configure(&[(0, 16, 1)]);
+    // TC A = 1, TC B = 1 (as the 6.12 driver writes on DSA 1.0/2.0), plus the read-buffer
+    // limit bit, a reservation of 4 and an allowance of 8, which the guest may not have.
+    g.w64(
+        GRPCFG_OFFSET + 0x28,
+        1 | (1 << 3) | (1 << 7) | (4 << 8) | (8 << 20),
+    );
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0);
+    assert_eq!(phys.r64(GRPCFG_OFFSET + 0x28), 1 | (1 << 3));
+}
