@@ -117,9 +117,11 @@ pub struct MachineArgs {
     /// Guest console: stdout, none, or a file path.
     #[arg(long, default_value = "stdout")]
     pub serial: SerialMode,
-    /// Attach a virtual DSA: `backend=software[,wqs=N][,engines=N][,groups=N][,wq-size=N]`, or
+    /// Attach a virtual DSA: `backend=software[,wqs=N][,engines=N][,groups=N][,wq-size=N]`
+    /// (also `max-xfer-shift=21-26`, `max-batch-shift=5-10`; the two sum to at most 31), or
     /// `backend=vfio-user,socket=PATH[,portal=mapped|trapped]` for one a `dsavmm dsa-server`
-    /// serves (repeatable: one PCI device each).
+    /// serves, or `backend=vfio,device=BDF[,wqs=LIST]` for physical WQs of a DSA bound to
+    /// vfio-pci (repeatable: one PCI device each).
     #[arg(long = "dsa", value_name = "SPEC")]
     pub dsa: Vec<DsaSpec>,
     /// MOVDIR64B in the guest CPUID: auto (when the host CPU executes it), on, or off.
