@@ -64,20 +64,59 @@ pub struct IdxdGuest {
     pub initramfs: PathBuf,
 }
 
+/// The guest kernels of the driver matrix: Debian packages, pinned like the rig's (lib.sh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// bookworm-backports' 6.12 (the rig's own L1 kernel; `DSAVMM_KVER`/`DSAVMM_KPKG_VERSION`).
+    Linux612,
+    /// bookworm's own 6.1: `DSAVMM_GUEST61_KVER`/`DSAVMM_GUEST61_KPKG_VERSION` override the pin.
+    Linux61,
+}
+
+impl GuestKernel {
+    /// The environment `build.sh` gets to build this kernel's guest (none: the rig's kernel).
+    fn build_env(self) -> Vec<(&'static str, String)> {
+        let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+        match self {
+            GuestKernel::Linux612 => Vec::new(),
+            GuestKernel::Linux61 => vec![
+                (
+                    "DSAVMM_GUEST_KVER",
+                    var("DSAVMM_GUEST61_KVER", "6.1.0-57-amd64"),
+                ),
+                (
+                    "DSAVMM_GUEST_KPKG_VERSION",
+                    var("DSAVMM_GUEST61_KPKG_VERSION", "6.1.192-3"),
+                ),
+            ],
+        }
+    }
+}
+
 impl IdxdGuest {
-    /// Build (or find in the cache) the idxd guest (`build.sh idxd`); once per process.
+    /// Build (or find in the cache) the idxd guest on the rig's 6.12 kernel (`build.sh idxd`);
+    /// once per process.
     pub fn get() -> Result<IdxdGuest, RigError> {
-        static GUEST: OnceLock<Result<IdxdGuest, String>> = OnceLock::new();
-        GUEST
-            .get_or_init(|| {
-                let kv = run_build_script(&["idxd"])?;
-                Ok(IdxdGuest {
-                    vmlinux: existing(&kv, "VMLINUX")?,
-                    initramfs: existing(&kv, "IDXD_INITRAMFS")?,
-                })
+        Self::get_on(GuestKernel::Linux612)
+    }
+
+    /// The idxd guest on `kernel`; built once per process and kernel.
+    pub fn get_on(kernel: GuestKernel) -> Result<IdxdGuest, RigError> {
+        static ON_612: OnceLock<Result<IdxdGuest, String>> = OnceLock::new();
+        static ON_61: OnceLock<Result<IdxdGuest, String>> = OnceLock::new();
+        let cell = match kernel {
+            GuestKernel::Linux612 => &ON_612,
+            GuestKernel::Linux61 => &ON_61,
+        };
+        cell.get_or_init(|| {
+            let kv = run_build_script(&["idxd"], &kernel.build_env())?;
+            Ok(IdxdGuest {
+                vmlinux: existing(&kv, "VMLINUX")?,
+                initramfs: existing(&kv, "IDXD_INITRAMFS")?,
             })
-            .clone()
-            .map_err(|m| RigError::new(Layer::Build, m, Vec::new()))
+        })
+        .clone()
+        .map_err(|m| RigError::new(Layer::Build, m, Vec::new()))
     }
 }
 
@@ -90,11 +129,15 @@ fn existing(kv: &[(String, String)], k: &str) -> Result<PathBuf, String> {
 }
 
 /// Run `resources/guests/linux/build.sh ARGS` and return its `KEY=VALUE` lines.
-fn run_build_script(args: &[&str]) -> Result<Vec<(String, String)>, String> {
+fn run_build_script(
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Result<Vec<(String, String)>, String> {
     let script = workspace_root().join("resources/guests/linux/build.sh");
     let out = Command::new("bash")
         .arg(&script)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     if !out.status.success() {

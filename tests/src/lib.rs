@@ -37,7 +37,7 @@ pub mod skip;
 pub mod soak;
 
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
-pub use guest::{IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
+pub use guest::{GuestKernel, IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
 pub use idxd::{Dmatest, DmatestBytes, IdxdReport, Step, StepStatus};
 pub use parse::{Layer, Line, RunOutcome};
 pub use qemu::{patched_qemu, PatchedQemu};

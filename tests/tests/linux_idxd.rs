@@ -1,4 +1,4 @@
-//! boot-to-guest-idxd: Debian's 6.12 kernel boots under dsavmm with a virtual DSA, and the **unmodified**
+//! boot-to-guest-idxd: Debian's 6.12 kernel (and, in one run, bookworm's own 6.1) boots under dsavmm with a virtual DSA, and the **unmodified**
 //! Debian idxd driver and accel-config 3.5.3 probe, configure and enable it; dmatest (built out of tree
 //! from linux-source-6.12) then copies through the dedicated WQ's dmaengine channel, with several thread
 //! counts and buffer sizes (the 2 MiB maximum transfer included) and in `polled` mode; finally the WQ
@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tests::{
-    dsavmm_binary, patched_qemu, report_skip, IdxdGuest, IdxdReport, Layer, Mode, NestedVm,
-    RigOutput, Run, StepStatus, L2_CMDLINE,
+    dsavmm_binary, patched_qemu, report_skip, GuestKernel, IdxdGuest, IdxdReport, Layer, Mode,
+    NestedVm, RigOutput, Run, StepStatus, L2_CMDLINE,
 };
 
 /// The dmatest cases of init-idxd.sh: (name, threads, buffer bytes, polled), in order.
@@ -35,11 +35,16 @@ const DMATEST_CASES: [(&str, u32, u64, bool); 7] = [
 ];
 
 /// The dsavmm runs of the one L1 boot: (vCPUs, `--dsa` spec).
-const RUNS: [(u32, &str); 3] = [
+const RUNS: [(u32, &str); 4] = [
     (2, "backend=software"),
     (1, "backend=software,wqs=1,engines=1,groups=1,wq-size=32"),
     (2, VFIO_USER_SPEC),
+    (2, "backend=software"),
 ];
+
+/// The run whose guest boots Debian bookworm's own 6.1 kernel with its idxd driver (the driver
+/// matrix; every other run boots 6.12): each test below checks it as it checks the others.
+const LINUX61_RUN: usize = 3;
 
 /// The run whose vDSA a `dsavmm dsa-server` serves, started in L1 beside it ([`server_run`]);
 /// the portal is mapped into L2, so L2's MOVDIR64B stores straight into the server's page.
@@ -144,11 +149,14 @@ fn shared() -> &'static Result<Shared, String> {
     static OUT: OnceLock<Result<Shared, String>> = OnceLock::new();
     OUT.get_or_init(|| {
         let guest = IdxdGuest::get().map_err(|e| e.to_string())?;
+        let guest61 = IdxdGuest::get_on(GuestKernel::Linux61).map_err(|e| e.to_string())?;
         let dsavmm = dsavmm_binary().map_err(|e| e.to_string())?;
         let mut vm = NestedVm::new()
             .dsavmm(&dsavmm)
             .file("/l2/vmlinux", &guest.vmlinux)
             .file("/l2/idxd", &guest.initramfs)
+            .file("/l2/vmlinux61", &guest61.vmlinux)
+            .file("/l2/idxd61", &guest61.initramfs)
             .expect_exit(None)
             .timeout(Duration::from_secs(1500));
         // Can the CPU that dsavmm runs on execute MOVDIR64B?
@@ -185,12 +193,17 @@ fn shared() -> &'static Result<Shared, String> {
             .enumerate()
             .map(|(i, (vcpus, dsa))| {
                 let vcpus = vcpus.to_string();
+                let (kernel, initramfs) = if i == LINUX61_RUN {
+                    ("/l2/vmlinux61", "/l2/idxd61")
+                } else {
+                    ("/l2/vmlinux", "/l2/idxd")
+                };
                 let args = [
                     "run",
                     "--kernel",
-                    "/l2/vmlinux",
+                    kernel,
                     "--initramfs",
-                    "/l2/idxd",
+                    initramfs,
                     "--cmdline",
                     &cmdline,
                     "--memory",
@@ -318,6 +331,20 @@ fn idxd_probes_the_vdsa_without_errors() {
             s.run,
             s.report.start.as_deref().unwrap_or("(no IDXD-START)")
         );
+        let kernel = if s.run == LINUX61_RUN {
+            "6.1."
+        } else {
+            "6.12."
+        };
+        assert!(
+            s.report
+                .start
+                .as_deref()
+                .is_some_and(|l| l.contains(&format!("kernel={kernel}"))),
+            "run {}: the guest does not run Linux {kernel}x\n{}",
+            s.run,
+            tail(&s, 20)
+        );
         expect_steps(&s, &["modules", "probe"]);
         let errors = s.report.idxd_errors();
         assert!(
@@ -353,13 +380,20 @@ fn accel_config_list_shows_the_state() {
             .flat_map(|l| l.chars())
             .filter(|c| !c.is_whitespace())
             .collect();
+        // 6.1's idxd has no WQ `driver_name` attribute (6.12's binds the WQ to the driver it
+        // names); there the WQ's type and name say it is the dmaengine channel.
+        let driver = if s.run == LINUX61_RUN {
+            "\"type\":\"kernel\",\"name\":\"dmaengine\""
+        } else {
+            "\"driver_name\":\"dmaengine\""
+        };
         for want in [
             "\"dev\":\"dsa0\"",
             "\"dev\":\"wq0.0\"",
             "\"dev\":\"engine0.0\"",
             "\"state\":\"enabled\"",
             "\"mode\":\"dedicated\"",
-            "\"driver_name\":\"dmaengine\"",
+            driver,
         ] {
             assert!(
                 joined.contains(want),
@@ -475,8 +509,13 @@ fn dmatest_runs_with_zero_failures() {
                 }
             };
             let (vcpus, dsa) = RUNS.get(s.run).copied().unwrap_or((0, "?"));
+            let kernel = if s.run == LINUX61_RUN {
+                ", Linux 6.1"
+            } else {
+                ""
+            };
             println!(
-                "bench: linux_idxd run {} ({vcpus} vCPU(s), --dsa {dsa}): dmatest {case} ({threads} \
+                "bench: linux_idxd run {} ({vcpus} vCPU(s), --dsa {dsa}{kernel}): dmatest {case} ({threads} \
                  thread(s), {}{buf} B{}): {} KB/s{}, {} iops, {tests} tests, {} failures",
                 s.run,
                 if sums.iter().all(|d| d.norandom) { "" } else { "random up to " },

@@ -2,7 +2,8 @@
 # Build the L2 Linux test guest from Debian bookworm packages, without installing anything.
 #
 # Produces (in $DSAVMM_CACHE, default <repo>/target/cache) and prints as KEY=VALUE lines:
-#   BZIMAGE          Debian's 6.12 bzImage (linux-image-$KVER)
+#   BZIMAGE          Debian's bzImage (linux-image-$KVER: 6.12 by default; DSAVMM_GUEST_KVER and
+#                    DSAVMM_GUEST_KPKG_VERSION pick another, e.g. bookworm's 6.1.0-57-amd64 6.1.192-3)
 #   VMLINUX          the ELF vmlinux (with its PVH note) unpacked from that bzImage's zstd payload
 #   BUSYBOX          busybox from busybox-static
 #   BOOT_INITRAMFS   uncompressed newc initramfs whose /init prints `L2-INIT-MARKER nproc=<n>` and powers off
@@ -20,6 +21,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../../rig/lib.sh
 source "$HERE/../../rig/lib.sh"
 
+# The guest's kernel may differ from the rig's (the driver matrix: Debian's 6.1 as well as 6.12).
+KVER="${DSAVMM_GUEST_KVER:-$KVER}"
+KPKG_VERSION="${DSAVMM_GUEST_KPKG_VERSION:-$KPKG_VERSION}"
+
 OUT="$CACHE/linux"
 mkdir -p "$OUT"
 
@@ -31,7 +36,7 @@ bzimage() {
     echo "$f"
 }
 
-# build_vmlinux: extract the ELF vmlinux from the bzImage payload (zstd, size trailer dropped).
+# build_vmlinux: extract the ELF vmlinux from the bzImage payload (zstd or xz, size trailer dropped).
 build_vmlinux() {
     local bz out setup_sects payload_off payload_len start
     bz="$(bzimage)"
@@ -49,10 +54,16 @@ build_vmlinux() {
     start=$(( (setup_sects + 1) * 512 + payload_off ))
     local magic
     magic=$(od -An -tx1 -j "$start" -N4 "$bz" | tr -d ' ')
-    [[ "$magic" == "28b52ffd" ]] || die "bzImage payload at $start is not zstd (magic $magic)"
+    # Debian's 6.12 compresses the payload with zstd, its 6.1 with xz.
+    local unpack
+    case "$magic" in
+    28b52ffd) unpack=(zstd -q -d -c) ;;
+    fd377a58) unpack=(xz -q -d -c) ;;
+    *) die "bzImage payload at $start is neither zstd nor xz (magic $magic)" ;;
+    esac
     dd if="$bz" bs=1M iflag=skip_bytes,count_bytes skip="$start" count=$((payload_len - 4)) status=none \
-        | zstd -q -d -f -o "$out.tmp.$$" \
-        || die "zstd could not unpack the bzImage payload (is zstd installed?)"
+        | "${unpack[@]}" >"$out.tmp.$$" \
+        || die "${unpack[0]} could not unpack the bzImage payload (is ${unpack[0]} installed?)"
     [[ "$(od -An -c -N4 "$out.tmp.$$" | tr -d ' ')" == '177ELF' ]] || die "payload is not an ELF"
     mv -f "$out.tmp.$$" "$out"
     echo "$out"
@@ -95,8 +106,16 @@ build_boot_initramfs() {
 ACCEL_CONFIG_VERSION="${DSAVMM_ACCEL_CONFIG_VERSION:-3.5.3-1}"
 JSONC_VERSION="${DSAVMM_JSONC_VERSION:-0.16-2}"
 LIBC_VERSION="${DSAVMM_LIBC_VERSION:-2.36-9+deb12u14}"
-# The Debian ABI name of the kernel (6.12.117+deb12) without the flavour, for the header packages.
+# The Debian ABI name of the kernel (6.12.117+deb12, 6.1.0-57) without the flavour, for the header
+# packages, and its series (6.12, 6.1) for linux-source. Bookworm's 6.1 has one linux-kbuild-6.1; its
+# 6.12 backport one linux-kbuild per ABI.
 KABI="${KVER%-amd64}"
+KSERIES="$(cut -d. -f1-2 <<<"$KVER")"
+KSERIES="${KSERIES%%-*}"
+case "$KSERIES" in
+6.1) KBUILD_PKG="linux-kbuild-6.1" ;;
+*) KBUILD_PKG="linux-kbuild-$KABI" ;;
+esac
 
 # kernel_headers: the unpacked linux-headers-$KVER tree, made usable in place (its Makefile includes the
 # -common package by absolute path; point that at the unpacked copy). Prints the directory for make -C.
@@ -104,7 +123,7 @@ kernel_headers() {
     local arch common kbuild dir mk
     arch="$(deb_x "linux-headers-$KVER" "$KPKG_VERSION")"
     common="$(deb_x "linux-headers-$KABI-common" "$KPKG_VERSION")"
-    kbuild="$(deb_x "linux-kbuild-$KABI" "$KPKG_VERSION")"
+    kbuild="$(deb_x "$KBUILD_PKG" "$KPKG_VERSION")"
     # One tree holding all three, so the relative links (scripts, tools -> ../../lib/linux-kbuild-...)
     # resolve.
     dir="$OUT/headers-$KVER"
@@ -120,22 +139,22 @@ kernel_headers() {
     echo "$dir/usr/src/linux-headers-$KVER"
 }
 
-# dmatest_source: drivers/dma/dmatest.c from linux-source-6.12 (Debian does not build dmatest).
+# dmatest_source: drivers/dma/dmatest.c from linux-source-$KSERIES (Debian does not build dmatest).
 dmatest_source() {
-    local deb out
-    deb="$(deb_get linux-source-6.12 "$KPKG_VERSION")"
+    local deb out src="linux-source-$KSERIES"
+    deb="$(deb_get "$src" "$KPKG_VERSION")"
     out="$OUT/src-$(basename "$deb" .deb)/dmatest.c"
     if [[ ! -f "$out" ]]; then
         local tmp
         tmp="$(mktemp -d "$OUT/.src.XXXXXX")"
         # --occurrence stops tar after the one member; dpkg then sees a broken pipe (ignored, the file
         # is checked instead).
-        (dpkg --fsys-tarfile "$deb" | tar -xO ./usr/src/linux-source-6.12.tar.xz \
-            | tar -xJf - -C "$tmp" --occurrence=1 linux-source-6.12/drivers/dma/dmatest.c) 2>/dev/null || true
-        [[ -s "$tmp/linux-source-6.12/drivers/dma/dmatest.c" ]] \
+        (dpkg --fsys-tarfile "$deb" | tar -xO "./usr/src/$src.tar.xz" \
+            | tar -xJf - -C "$tmp" --occurrence=1 "$src/drivers/dma/dmatest.c") 2>/dev/null || true
+        [[ -s "$tmp/$src/drivers/dma/dmatest.c" ]] \
             || die "could not extract drivers/dma/dmatest.c from $deb"
         mkdir -p "$(dirname "$out")"
-        mv -f "$tmp/linux-source-6.12/drivers/dma/dmatest.c" "$out"
+        mv -f "$tmp/$src/drivers/dma/dmatest.c" "$out"
         rm -rf "$tmp"
     fi
     echo "$out"
@@ -173,7 +192,11 @@ build_dmatest() {
 idxd_modules_dir() {
     local d
     d="$(kernel_pkg_dir)/lib/modules/$KVER/kernel/drivers/dma/idxd"
-    [[ -f "$d/idxd.ko.xz" && -f "$d/idxd_bus.ko.xz" ]] || die "no idxd.ko.xz/idxd_bus.ko.xz in $d"
+    # 6.12's modules are xz-compressed, 6.1's are not.
+    local m
+    for m in idxd idxd_bus; do
+        [[ -f "$d/$m.ko.xz" || -f "$d/$m.ko" ]] || die "no $m.ko(.xz) in $d"
+    done
     echo "$d"
 }
 
@@ -196,8 +219,13 @@ stage_idxd() {
     local stage="$1" lib="$1/lib/x86_64-linux-gnu" f
     set -e
     mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run"
-    xz -dc "$mods/idxd_bus.ko.xz" >"$stage/lib/modules/idxd_bus.ko"
-    xz -dc "$mods/idxd.ko.xz" >"$stage/lib/modules/idxd.ko"
+    for f in idxd_bus idxd; do
+        if [[ -f "$mods/$f.ko.xz" ]]; then
+            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko"
+        else
+            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko"
+        fi
+    done
     cp "$dmatest" "$stage/lib/modules/dmatest.ko"
     cp -L "$ac/usr/bin/accel-config" "$stage/usr/bin/accel-config"
     for f in "$lac"/usr/lib/x86_64-linux-gnu/libaccel-config.so.1 "$jc"/usr/lib/x86_64-linux-gnu/libjson-c.so.5 \

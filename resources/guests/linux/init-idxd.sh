@@ -3,7 +3,7 @@
 # dmatest (built out of tree) copies through the dedicated WQ's dmaengine channel.
 #
 # Marker protocol (one line each, parsed by tests/tests/linux_idxd.rs):
-#   IDXD-START nproc=<n> uptime=<s> movdir64b=yes|no dmatest=1|0
+#   IDXD-START nproc=<n> uptime=<s> movdir64b=yes|no dmatest=1|0 kernel=<uname -r>
 #   IDXD-STEP <name> OK|FAIL|SKIP [detail]     one per step, in order (uptime= in the detail)
 #   IDXD-OUT <step>: <line>                    output of a command of that step
 #   IDXD-DMESG <line>                          the kernel log since the previous step (dmesg -c)
@@ -70,7 +70,7 @@ finish() {
 
 movdir=no
 grep -q '^flags.* movdir64b' /proc/cpuinfo && movdir=yes
-echo "IDXD-START nproc=$(grep -c '^processor' /proc/cpuinfo) uptime=$(up) movdir64b=$movdir dmatest=$DMATEST"
+echo "IDXD-START nproc=$(grep -c '^processor' /proc/cpuinfo) uptime=$(up) movdir64b=$movdir dmatest=$DMATEST kernel=$(uname -r)"
 flush_dmesg >/dev/null
 
 # 1. Modules: idxd depends on idxd_bus (namespace IDXD); modules.dep is not shipped, so load in order.
