@@ -14,10 +14,13 @@ apt_download() {
     if out="$(cd "$dir" && apt-get -o APT::Sandbox::User=root download "$spec" 2>&1)"; then
         return 0
     fi
-    # The marker is per top-level script ($$ is the same in its subshells): one update per build.
-    local marker="${TMPDIR:-/tmp}/dsavmm-apt-updated.$$"
-    if ! grep -qE "Unable to locate package|Can't select|has no installation candidate|was not found" <<<"$out" \
-        || [[ -f "$marker" ]]; then
+    # The marker is per top-level script ($$ is the same in its subshells, and its start time tells
+    # a reused PID apart): one update per build. Only an unknown package means empty lists; a
+    # pinned version gone from full lists ("Version ... was not found") goes back to the caller,
+    # which falls back to the candidate.
+    local marker
+    marker="${TMPDIR:-/tmp}/dsavmm-apt-updated.$$.$(stat -c %Y "/proc/$$" 2>/dev/null || echo 0)"
+    if ! grep -q "Unable to locate package" <<<"$out" || [[ -f "$marker" ]]; then
         echo "$out" >&2
         return 1
     fi

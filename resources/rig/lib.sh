@@ -60,7 +60,10 @@ deb_get() {
 # deb_x NAME [VERSION]: print the directory holding NAME's unpacked contents.
 deb_x() {
     local deb dir
-    deb="$(deb_get "$@")"
+    # `$(...)` does not inherit set -e: without this check a failed download would leave `deb`
+    # empty and the line below would name (and remove) the whole unpacked cache.
+    deb="$(deb_get "$@")" || exit 1
+    [[ -n "$deb" ]] || die "no .deb for $*"
     dir="$CACHE/pkg/$(basename "$deb" .deb)"
     if [[ ! -f "$dir/.done" ]]; then
         rm -rf "$dir"

@@ -87,7 +87,7 @@ fn qemu_that_does_not_start_is_named() -> Result<(), tests::RigError> {
     Ok(())
 }
 
-/// The hard timeout kills QEMU and names the layer that was running (L1, still booting after 3 s).
+/// The hard timeout kills QEMU and names the layer that was running (L1 booting or loading modules).
 #[test]
 fn timeout_kills_qemu_and_names_l1() -> Result<(), tests::RigError> {
     let guest = LinuxGuest::get()?;
@@ -103,7 +103,12 @@ fn timeout_kills_qemu_and_names_l1() -> Result<(), tests::RigError> {
             tests::RigError::new(Layer::Build, "L1 booted and ran within 3 s?", vec![])
         })?;
     eprintln!("expected failure:\n{err}");
-    assert_eq!(err.layer, Layer::L1, "{err}");
+    // Where L1 is when the 3 s run out depends on the machine's load: still booting, or (an idle
+    // machine boots L1 in under 2 s) already loading its kvm modules. Either is an L1-side layer.
+    assert!(
+        matches!(err.layer, Layer::L1 | Layer::Modules),
+        "expected the L1 or module-load layer: {err}"
+    );
     assert!(err.message.contains("timeout"), "{err}");
     let out = err
         .output

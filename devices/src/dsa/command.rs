@@ -133,13 +133,21 @@ impl DsaDevice {
             code::DISABLE_DEVICE => self.disable_device(),
             code::DRAIN_ALL | code::DRAIN_PASID => {
                 let all: Vec<usize> = (0..n).collect();
-                let e = self.backend.mirror(Mirror::Wqs(code::DRAIN_WQ, &all));
+                // Mirrored to the enabled WQs only: a drain/abort-all does not fail on a
+                // disabled one, a physical DRAIN/ABORT_WQ would (0x32).
+                let e = self
+                    .backend
+                    .mirror(Mirror::Wqs(code::DRAIN_WQ, &self.enabled_wqs()));
                 self.drain(all);
                 e
             }
             code::ABORT_ALL | code::ABORT_PASID => {
                 let all: Vec<usize> = (0..n).collect();
-                let e = self.backend.mirror(Mirror::Wqs(code::ABORT_WQ, &all));
+                // Mirrored to the enabled WQs only: a drain/abort-all does not fail on a
+                // disabled one, a physical DRAIN/ABORT_WQ would (0x32).
+                let e = self
+                    .backend
+                    .mirror(Mirror::Wqs(code::ABORT_WQ, &self.enabled_wqs()));
                 self.abort(all);
                 e
             }
@@ -244,6 +252,13 @@ impl DsaDevice {
             }
         }
         e
+    }
+
+    /// The WQs enabled now.
+    fn enabled_wqs(&self) -> Vec<usize> {
+        (0..self.tables.wqs.len())
+            .filter(|w| self.tables.wqs.get(*w).is_some_and(|q| q.enabled))
+            .collect()
     }
 
     fn wq_command(&mut self, op: u32, set: Vec<usize>) -> u8 {

@@ -290,3 +290,16 @@ fn only_the_guests_traffic_classes_reach_grpflgcfg() {
     assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0);
     assert_eq!(phys.r64(GRPCFG_OFFSET + 0x28), 1 | (1 << 3));
 }
+
+#[test]
+fn drain_and_abort_all_name_only_enabled_wqs() {
+    let phys = ModelPort::new(DsaConfig::default());
+    let mut g = Guest::new(&phys, vec![0, 1]);
+    g.configure(&[(0, 16, 1), (1, 16, 1)]);
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0);
+    assert_eq!(g.cmd(code::ENABLE_WQ, 0), 0);
+    // Guest WQ 1 stays disabled: a physical DRAIN/ABORT_WQ naming it would fail with 0x32.
+    assert_eq!(g.cmd(code::DRAIN_ALL, 0), 0);
+    assert_eq!(g.cmd(code::ABORT_ALL, 0), 0);
+    assert_eq!(g.counters.physical_errors.load(Ordering::Relaxed), 0);
+}
