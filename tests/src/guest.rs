@@ -120,6 +120,34 @@ impl IdxdGuest {
     }
 }
 
+/// The DPDK guest: Debian's unmodified dpdk-test (DPDK 22.11, its idxd PMD) driving the vDSA from L2
+/// user space through uio_pci_generic (`resources/guests/linux/init-dpdk.sh`; its protocol is parsed
+/// by [`crate::DpdkReport`]).
+#[derive(Debug, Clone)]
+pub struct DpdkGuest {
+    /// The ELF vmlinux (the rig's 6.12, as [`LinuxGuest::vmlinux`]).
+    pub vmlinux: PathBuf,
+    /// The DPDK initramfs.
+    pub initramfs: PathBuf,
+}
+
+impl DpdkGuest {
+    /// Build (or find in the cache) the DPDK guest (`build.sh dpdk`); once per process.
+    pub fn get() -> Result<DpdkGuest, RigError> {
+        static GUEST: OnceLock<Result<DpdkGuest, String>> = OnceLock::new();
+        GUEST
+            .get_or_init(|| {
+                let kv = run_build_script(&["dpdk"], &[])?;
+                Ok(DpdkGuest {
+                    vmlinux: existing(&kv, "VMLINUX")?,
+                    initramfs: existing(&kv, "DPDK_INITRAMFS")?,
+                })
+            })
+            .clone()
+            .map_err(|m| RigError::new(Layer::Build, m, Vec::new()))
+    }
+}
+
 fn existing(kv: &[(String, String)], k: &str) -> Result<PathBuf, String> {
     kv.iter()
         .find(|(key, _)| key == k)

@@ -113,6 +113,11 @@ const OOPS_MARKERS: [&str; 7] = [
     "invalid opcode",
 ];
 
+/// Whether a console line looks like a kernel oops, BUG, WARN or panic.
+pub fn is_oops_line(line: &str) -> bool {
+    OOPS_MARKERS.iter().any(|m| line.contains(m))
+}
+
 fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let start = text.find(key)? + key.len();
     text.get(start..)?.split_whitespace().next()
@@ -138,7 +143,7 @@ impl IdxdReport {
         let mut r = IdxdReport::default();
         for raw in lines {
             let l = raw.trim_end();
-            if OOPS_MARKERS.iter().any(|m| l.contains(m)) {
+            if is_oops_line(l) {
                 r.oops.push(l.to_string());
             }
             // The marker may follow other console output on the same line.

@@ -25,6 +25,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api_run;
+pub mod dpdk;
 pub mod env;
 pub mod guest;
 pub mod idxd;
@@ -36,8 +38,10 @@ pub mod selftest;
 pub mod skip;
 pub mod soak;
 
+pub use api_run::{api_counters, api_run, api_script};
+pub use dpdk::{CopyBench, DmadevInstance, DpdkReport};
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
-pub use guest::{GuestKernel, IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
+pub use guest::{DpdkGuest, GuestKernel, IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
 pub use idxd::{Dmatest, DmatestBytes, IdxdReport, Step, StepStatus};
 pub use parse::{Layer, Line, RunOutcome};
 pub use qemu::{patched_qemu, PatchedQemu};

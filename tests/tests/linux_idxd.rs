@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tests::{
-    dsavmm_binary, patched_qemu, report_skip, GuestKernel, IdxdGuest, IdxdReport, Layer, Mode,
-    NestedVm, RigOutput, Run, StepStatus, L2_CMDLINE,
+    api_counters, api_run, api_script, dsavmm_binary, patched_qemu, report_skip, GuestKernel,
+    IdxdGuest, IdxdReport, Layer, Mode, NestedVm, RigOutput, Run, StepStatus, L2_CMDLINE,
 };
 
 /// The dmatest cases of init-idxd.sh: (name, threads, buffer bytes, polled), in order.
@@ -54,35 +54,8 @@ const VFIO_USER_SPEC: &str = "backend=vfio-user,socket=/tmp/dsa-server.sock,port
 /// The server's device: the geometry of run 1.
 const VFIO_USER_SERVER_ARGS: &str = "--wqs 1 --engines 1 --groups 1 --wq-size 32";
 
-/// The run that is driven through the REST API: dsavmm serves `--api-sock` in L1, and once the
-/// guest has halted `dsavmm remote` reads the vDSA's counters (printed between the markers below)
-/// and shuts the VMM down.
+/// The run that is driven through the REST API ([`tests::api_run`]).
 const API_RUN: usize = 0;
-const API_DSA_BEGIN: &str = "RIG-API-DSA-BEGIN";
-const API_DSA_END: &str = "RIG-API-DSA-END";
-
-/// The shell script of [`api_run`].
-fn api_script(args: &[&str]) -> String {
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect();
-    format!(
-        "S=/tmp/dsavmm-api.sock; dsavmm --api-sock $S {} & p=$!; \
-         while kill -0 $p 2>/dev/null && ! dsavmm remote --api-sock $S info 2>/dev/null | grep -q Halted; \
-         do sleep 1; done; \
-         echo {API_DSA_BEGIN}; dsavmm remote --api-sock $S dsa 0; echo; echo {API_DSA_END}; \
-         dsavmm remote --api-sock $S shutdown; wait $p",
-        quoted.join(" ")
-    )
-}
-
-/// A shell line for L1's /init that runs `dsavmm --api-sock S ARGS...`, waits for the guest to
-/// halt (or dsavmm to die), prints `GET /dsa/0` between markers, then sends `Shutdown`; its exit
-/// status is dsavmm's.
-fn api_run(args: &[&str]) -> Run {
-    Run::command("sh", ["-c".to_string(), api_script(args)])
-}
 
 /// [`api_run`] with a `dsavmm dsa-server` serving the device: started first, waited for, and
 /// stopped after dsavmm; the exit status is dsavmm's.
@@ -94,27 +67,6 @@ fn server_run(args: &[&str]) -> Run {
         api_script(args)
     );
     Run::command("sh", ["-c".to_string(), script])
-}
-
-/// The vDSA counters `GET /dsa/0` returned in the API run.
-fn api_counters(out: &RigOutput, run: usize) -> Result<serde_json::Value, String> {
-    let lines: Vec<&str> = out
-        .lines_of(run, Layer::L2)
-        .chain(out.lines_of(run, Layer::Dsavmm))
-        .map(|l| l.text.as_str())
-        .collect();
-    let begin = lines
-        .iter()
-        .position(|l| l.contains(API_DSA_BEGIN))
-        .ok_or("no GET /dsa/0 output in the API run")?;
-    let end = lines[begin..]
-        .iter()
-        .position(|l| l.contains(API_DSA_END))
-        .ok_or("GET /dsa/0 output not terminated")?;
-    let text: String = lines[begin + 1..begin + end].concat();
-    let v: serde_json::Value = serde_json::from_str(text.trim())
-        .map_err(|e| format!("GET /dsa/0 is not JSON ({e}): {text}"))?;
-    Ok(v["counters"].clone())
 }
 
 /// The idxd runs' results, shared by the tests.

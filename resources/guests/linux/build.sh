@@ -11,7 +11,13 @@
 #                    idxd.ko/idxd_bus.ko, accel-config 3.5.3 with its libraries, and dmatest.ko built out
 #                    of tree from linux-source-6.12 against the unpacked headers (needs gcc-12 and make)
 #
-# Usage: build.sh [all|idxd]   (all, the default: the four above; idxd: VMLINUX and IDXD_INITRAMFS)
+#   DPDK_INITRAMFS   (target `dpdk` only) the DPDK guest (init-dpdk.sh): Debian's unmodified dpdk-test
+#                    (dpdk-dev 22.11) with the idxd PMD and every library they load, dpdk-copy-bench
+#                    (dpdk-copy-bench.c, built against libdpdk-dev with gcc-12), and the kernel's
+#                    uio/uio_pci_generic modules (the vDSA is handed to DPDK through uio_pci_generic)
+#
+# Usage: build.sh [all|idxd|dpdk]   (all, the default: the four above; idxd: VMLINUX and IDXD_INITRAMFS;
+#                                    dpdk: VMLINUX and DPDK_INITRAMFS)
 # A second run is instant: every output is keyed by package version or by the hash of its inputs.
 # Extending: add a build_<name>_initramfs function that stages extra files through make_initramfs and
 # call it from main (the idxd/dmatest guest is meant to be added that way).
@@ -240,6 +246,173 @@ build_idxd_initramfs() {
     make_initramfs idxd "$HERE/init-idxd.sh" stage_idxd
 }
 
+# ---- the DPDK guest -----------------------------------------------------------------------------------
+
+DPDK_VERSION="${DSAVMM_DPDK_VERSION:-22.11.11-0+deb12u1}"
+UIO_MODULES=(uio uio_pci_generic)
+
+# dpdk_soname_pkg SONAME: the bookworm package that ships SONAME. DPDK's own libraries follow Debian's
+# rule (librte_net_mlx5.so.23 -> librte-net-mlx5-23, librte_eal.so.23 -> librte-eal23); the few system
+# libraries dpdk-test and its libraries load are listed.
+dpdk_soname_pkg() {
+    local s="$1" b
+    case "$s" in
+    librte_*.so.*)
+        b="${s#librte_}"
+        b="${b%%.so.*}"
+        b="${b//_/-}"
+        if [[ "$b" =~ [0-9]$ ]]; then echo "librte-$b-23"; else echo "librte-${b}23"; fi
+        ;;
+    libbsd.so.0) echo libbsd0 ;;
+    libmd.so.0) echo libmd0 ;;
+    libelf.so.1) echo libelf1 ;;
+    libz.so.1) echo zlib1g ;;
+    libfdt.so.1) echo libfdt1 ;;
+    libjansson.so.4) echo libjansson4 ;;
+    libnuma.so.1) echo libnuma1 ;;
+    libpcap.so.0.8) echo libpcap0.8 ;;
+    libdbus-1.so.3) echo libdbus-1-3 ;;
+    libsystemd.so.0) echo libsystemd0 ;;
+    libcap.so.2) echo libcap2 ;;
+    libgcrypt.so.20) echo libgcrypt20 ;;
+    libgpg-error.so.0) echo libgpg-error0 ;;
+    liblzma.so.5) echo liblzma5 ;;
+    libzstd.so.1) echo libzstd1 ;;
+    liblz4.so.1) echo liblz4-1 ;;
+    *) return 1 ;;
+    esac
+}
+
+# elf_needed FILE: the DT_NEEDED sonames of FILE.
+elf_needed() {
+    readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'
+}
+
+# dpdk_closure: print `SONAME PATH` for every shared library that dpdk-test and the two DMA drivers it
+# is given with -d (idxd, and the skeleton of the dmadev API tests) load, transitively, each from the
+# unpacked package that ships it; libc's own libraries are left to stage_dpdk. Fails naming a library
+# no package is known for.
+dpdk_closure() {
+    command -v readelf >/dev/null || { echo "readelf (binutils) is needed to stage DPDK" >&2; return 1; }
+    local dev idxd skel
+    dev="$(deb_x dpdk-dev "$DPDK_VERSION")" || return 1
+    idxd="$(deb_x librte-dma-idxd23 "$DPDK_VERSION")" || return 1
+    skel="$(deb_x librte-dma-skeleton23 "$DPDK_VERSION")" || return 1
+    local todo=("$dev/usr/bin/dpdk-test" "$idxd/usr/lib/x86_64-linux-gnu/librte_dma_idxd.so.23"
+        "$skel/usr/lib/x86_64-linux-gnu/librte_dma_skeleton.so.23")
+    local -A found=()
+    local f s pkg dir path
+    echo "librte_dma_idxd.so.23 ${todo[1]}"
+    echo "librte_dma_skeleton.so.23 ${todo[2]}"
+    while ((${#todo[@]})); do
+        f="${todo[0]}"
+        todo=("${todo[@]:1}")
+        [[ -e "$f" ]] || { echo "missing $f" >&2; return 1; }
+        for s in $(elf_needed "$f"); do
+            [[ -n "${found[$s]:-}" ]] && continue
+            case "$s" in libc.so.6 | libm.so.6 | ld-linux-x86-64.so.2) continue ;; esac
+            pkg="$(dpdk_soname_pkg "$s")" || { echo "no package known for $s (needed by $f)" >&2; return 1; }
+            if [[ "$pkg" == librte-* ]]; then
+                dir="$(deb_x "$pkg" "$DPDK_VERSION")" || return 1
+            else
+                dir="$(deb_x "$pkg")" || return 1
+            fi
+            path="$(find "$dir/usr/lib/x86_64-linux-gnu" "$dir/lib/x86_64-linux-gnu" -maxdepth 1 -name "$s" 2>/dev/null | head -n1)"
+            [[ -n "$path" ]] || { echo "$pkg has no $s" >&2; return 1; }
+            found[$s]="$path"
+            todo+=("$path")
+            echo "$s $path"
+        done
+    done
+}
+
+# build_dpdk_bench: dpdk-copy-bench (dpdk-copy-bench.c) built with gcc-12 against libdpdk-dev's headers
+# and the DPDK libraries of dpdk_closure, with the compiler flags of libdpdk.pc (-march=corei7 and
+# rte_config.h). Keyed by the hash of the source and the DPDK version.
+build_dpdk_bench() {
+    local src="$HERE/dpdk-copy-bench.c" key dir cc hdr closure libdirs
+    key="$( { echo "$DPDK_VERSION"; cat "$src"; } | short_hash)"
+    dir="$OUT/dpdk-bench-$key"
+    if [[ -x "$dir/dpdk-copy-bench" ]]; then
+        echo "$dir/dpdk-copy-bench"
+        return 0
+    fi
+    cc="$(command -v gcc-12 || true)"
+    [[ -n "$cc" ]] || die "gcc-12 is needed to build dpdk-copy-bench (apt-get install gcc-12)"
+    hdr="$(deb_x libdpdk-dev "$DPDK_VERSION")" || return 1
+    closure="$(dpdk_closure)" || return 1
+    libdirs="$(awk '{ sub("/[^/]*$", "", $2); print $2 }' <<<"$closure" | sort -u)"
+    local eal dmadev
+    eal="$(awk '$1 == "librte_eal.so.23" { print $2 }' <<<"$closure")"
+    dmadev="$(awk '$1 == "librte_dmadev.so.23" { print $2 }' <<<"$closure")"
+    [[ -n "$eal" && -n "$dmadev" ]] || die "dpdk_closure names no librte_eal/librte_dmadev"
+    rm -rf "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    # shellcheck disable=SC2046
+    # dmadev is still experimental API in DPDK 22.11.
+    "$cc" -O2 -Wall -Werror -DALLOW_EXPERIMENTAL_API -include rte_config.h -march=corei7 \
+        -I"$hdr/usr/include/x86_64-linux-gnu/dpdk" -I"$hdr/usr/include/dpdk" \
+        -o "$dir.tmp/dpdk-copy-bench" "$src" "$eal" "$dmadev" \
+        $(sed 's/^/-Wl,-rpath-link,/' <<<"$libdirs") >"$dir.tmp/build.log" 2>&1 \
+        || die "building dpdk-copy-bench failed: $(tail -n 20 "$dir.tmp/build.log")"
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    echo "$dir/dpdk-copy-bench"
+}
+
+# uio_modules_dir: the unpacked kernel's drivers/uio directory (uio, uio_pci_generic).
+uio_modules_dir() {
+    local d m
+    d="$(kernel_pkg_dir)/lib/modules/$KVER/kernel/drivers/uio"
+    for m in "${UIO_MODULES[@]}"; do
+        [[ -f "$d/$m.ko.xz" || -f "$d/$m.ko" ]] || die "no $m.ko(.xz) in $d"
+    done
+    echo "$d"
+}
+
+# stage_dpdk STAGE | --key: the DPDK guest's extra files: Debian's dpdk-test (dpdk-dev) and our
+# dpdk-copy-bench in /usr/bin, every
+# library it and the idxd/skeleton DMA drivers need in /lib/x86_64-linux-gnu (with libc, libm and the
+# loader), and /lib/modules/{uio,uio_pci_generic}.ko.
+stage_dpdk() {
+    local libc mods closure dev bench
+    libc="$(deb_x libc6 "$LIBC_VERSION")" || return 1
+    dev="$(deb_x dpdk-dev "$DPDK_VERSION")" || return 1
+    mods="$(uio_modules_dir)" || return 1
+    closure="$(dpdk_closure)" || return 1
+    bench="$(build_dpdk_bench)" || return 1
+    if [[ "${1:-}" == "--key" ]]; then
+        echo "dpdk v1 $libc $dev $mods"
+        echo "$closure"
+        sha256sum "$bench" | cut -c1-64
+        return 0
+    fi
+    local stage="$1" lib="$1/lib/x86_64-linux-gnu" f s path
+    set -e
+    mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run" "$stage/dev/hugepages"
+    for f in "${UIO_MODULES[@]}"; do
+        if [[ -f "$mods/$f.ko.xz" ]]; then
+            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko"
+        else
+            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko"
+        fi
+    done
+    cp -L "$dev/usr/bin/dpdk-test" "$stage/usr/bin/dpdk-test"
+    cp "$bench" "$stage/usr/bin/dpdk-copy-bench"
+    while read -r s path; do
+        cp -L "$path" "$lib/$s"
+    done <<<"$closure"
+    for f in libc.so.6 libm.so.6 ld-linux-x86-64.so.2; do
+        [[ -e "$libc/lib/x86_64-linux-gnu/$f" ]] || die "missing $f in libc6"
+        cp -L "$libc/lib/x86_64-linux-gnu/$f" "$lib/"
+    done
+    ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$stage/lib64/ld-linux-x86-64.so.2"
+}
+
+build_dpdk_initramfs() {
+    make_initramfs dpdk "$HERE/init-dpdk.sh" stage_dpdk
+}
+
 main() {
     local what="${1:-all}"
     case "$what" in
@@ -262,7 +435,14 @@ main() {
             echo "VMLINUX=$vmlinux"
             echo "IDXD_INITRAMFS=$idxd"
             ;;
-        *) die "unknown target '$what' (expected: all or idxd)" ;;
+        dpdk)
+            local vmlinux dpdk
+            vmlinux="$(build_vmlinux)"
+            dpdk="$(build_dpdk_initramfs)"
+            echo "VMLINUX=$vmlinux"
+            echo "DPDK_INITRAMFS=$dpdk"
+            ;;
+        *) die "unknown target '$what' (expected: all, idxd or dpdk)" ;;
     esac
 }
 
