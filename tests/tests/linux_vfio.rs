@@ -6,7 +6,9 @@
 //! The portal pages are memory slots in L2 and the host vectors are irqfds: the test requires
 //! dmatest to pass, zero portal exits into dsavmm, and the server (the "hardware") to have taken
 //! every descriptor from the mapped pages. A second run asks for a WQ the device does not have
-//! and must be refused.
+//! and must be refused. A third run, in the same L1 boot, gives the same guest the software vDSA
+//! (`backend=software`), so the dmatest figures and the descriptors that went through dsavmm's exit
+//! path are compared side by side in one run.
 //!
 //! Needs the patched QEMU (10.2: the vfio-user client); without it the tests are skipped with
 //! that reason. On a host with hardware KVM (direct mode) they are skipped: that host's own DSA
@@ -17,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tests::{
-    dsavmm_binary, patched_qemu, report_skip, IdxdGuest, IdxdReport, Layer, Mode, NestedVm,
-    RigOutput, Run, L2_CMDLINE,
+    api_counters, api_run, dsavmm_binary, patched_qemu, report_skip, IdxdGuest, IdxdReport, Layer,
+    Mode, NestedVm, RigOutput, Run, L2_CMDLINE,
 };
 
 /// The physical WQs given to the guest (of the server's 4).
@@ -44,7 +46,13 @@ struct Shared {
     counters: serde_json::Value,
     /// The server's session summary (its last `client N summary:` line).
     server: serde_json::Value,
+    /// The software run (run 2): its report and `GET /dsa/0` counters.
+    software: IdxdReport,
+    software_counters: Result<serde_json::Value, String>,
 }
+
+/// The run of the same guest on the software vDSA.
+const SOFTWARE_RUN: usize = 2;
 
 fn run_dsavmm_script(dsa: &str) -> String {
     let cmdline = format!("{L2_CMDLINE} rig.dmatest=1");
@@ -123,6 +131,23 @@ fn shared() -> &'static Result<Shared, String> {
             .run_all(&[
                 Run::command("sh", ["-c".to_string(), run_dsavmm_script(&dsa)]),
                 Run::command("sh", ["-c".to_string(), refused]),
+                api_run(&[
+                    "run",
+                    "--kernel",
+                    "/l2/vmlinux",
+                    "--initramfs",
+                    "/l2/idxd",
+                    "--cmdline",
+                    &format!("{L2_CMDLINE} rig.dmatest=1"),
+                    "--memory",
+                    "512",
+                    "--vcpus",
+                    "2",
+                    "--serial",
+                    "stdout",
+                    "--dsa",
+                    "backend=software",
+                ]),
             ]);
         // SIGTERM, so the server ends the session and logs its summary (kill() would lose it).
         let _ = Command::new("kill").arg(server.id().to_string()).status();
@@ -150,11 +175,18 @@ fn shared() -> &'static Result<Shared, String> {
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or(serde_json::Value::Null);
         eprintln!("dsa-server session summary: {server}");
+        let software = IdxdReport::parse(
+            out.lines_of(SOFTWARE_RUN, Layer::L2)
+                .map(|l| l.text.as_str()),
+        );
+        let software_counters = api_counters(&out, SOFTWARE_RUN);
         Ok(Shared {
             out,
             report,
             counters,
             server,
+            software,
+            software_counters,
         })
     })
 }
@@ -282,4 +314,55 @@ fn a_wq_the_device_does_not_have_is_refused() {
                 && l.contains("the device has WQs 0..3")),
         "no clear refusal: {said:?}"
     );
+}
+
+/// The sum over a case's threads of dmatest's KB/s.
+fn case_kb_per_s(r: &IdxdReport, case: &str) -> u64 {
+    r.dmatest_case(case).iter().map(|d| d.kb_per_s).sum()
+}
+
+/// The same guest and dmatest on `backend=vfio` and on `backend=software`, in one L1 boot: both
+/// pass, and the descriptors that went through dsavmm's exit path are 0 on vfio (counter) and all
+/// of them on software (each is one MOVDIR64B exit there). Prints one line per dmatest case with
+/// the two throughputs and their ratio (a record: tests never assert on timings).
+#[test]
+fn vfio_and_software_side_by_side() {
+    let Some(s) = get("vfio_and_software_side_by_side") else {
+        return;
+    };
+    assert_eq!(
+        s.software.verdict,
+        Some(true),
+        "the software run did not pass\n{}",
+        tail(s, SOFTWARE_RUN)
+    );
+    let sw = s
+        .software_counters
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(s, SOFTWARE_RUN)));
+    let sw_descriptors = sw["descriptors"].as_u64().unwrap_or(0);
+    let sw_tests: u64 = s.software.dmatest.iter().map(|d| d.tests).sum();
+    assert!(
+        sw_descriptors >= sw_tests && sw_tests > 0,
+        "software: {sw_descriptors} descriptors for {sw_tests} dmatest tests: {sw}"
+    );
+    let vfio_exits = s.counters["vfio"]["portal_exits"].as_u64();
+    assert_eq!(vfio_exits, Some(0), "{}", s.counters);
+    let vfio_descriptors = s.server["descriptors"].as_u64().unwrap_or(0);
+    eprintln!(
+        "bench: linux_vfio side by side: descriptors through dsavmm's exit path: backend=vfio 0 of \
+         {vfio_descriptors}, backend=software {sw_descriptors} of {sw_descriptors}"
+    );
+    for case in s.report.dmatest_cases() {
+        let (v, w) = (
+            case_kb_per_s(&s.report, case),
+            case_kb_per_s(&s.software, case),
+        );
+        assert!(w > 0, "software run has no dmatest {case}");
+        eprintln!(
+            "bench: linux_vfio side by side: dmatest {case}: backend=vfio {v} KB/s, \
+             backend=software {w} KB/s, vfio/software {:.2}",
+            v as f64 / w as f64
+        );
+    }
 }

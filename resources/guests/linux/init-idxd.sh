@@ -83,7 +83,7 @@ fi
 
 # 2. Probe: the PCI driver probes synchronously in insmod; dsa0 must exist and be disabled.
 if [ -d /sys/bus/dsa/devices/dsa0 ]; then
-    ok probe "state=$(attr dsa0/state) max_wqs=$(attr dsa0/max_work_queues) max_engines=$(attr dsa0/max_engines) max_groups=$(attr dsa0/max_groups) max_transfer_size=$(attr dsa0/max_transfer_size) version=$(attr dsa0/version)"
+    ok probe "state=$(attr dsa0/state) max_wqs=$(attr dsa0/max_work_queues) max_engines=$(attr dsa0/max_engines) max_groups=$(attr dsa0/max_groups) max_transfer_size=$(attr dsa0/max_transfer_size) version=$(attr dsa0/version) pasid_enabled=$(attr dsa0/pasid_enabled)"
 else
     lspci_out="$(cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device 2>/dev/null | tr '\n' ' ')"
     fail probe "(no /sys/bus/dsa/devices/dsa0; PCI ids: $lspci_out)"
