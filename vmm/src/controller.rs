@@ -213,6 +213,10 @@ impl Controller {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .resample();
+            // A physical DSA's software errors reach its guest from here (vfio/swerr.rs).
+            for dsa in &vm.dsa {
+                dsa.poll();
+            }
         }
         if self.exit.is_set()
             && matches!(self.state, InstanceState::Running | InstanceState::Paused)
@@ -656,7 +660,7 @@ impl Controller {
             .zip(&vm.dsa)
             .filter_map(|((id, _), d)| Some((id.clone(), d.vfio_stats()?)))
             .collect();
-        let vfio_counters: [Counter<devices::vfio::device::VfioStats>; 3] = [
+        let vfio_counters: [Counter<devices::vfio::device::VfioStats>; 5] = [
             (
                 "dsavmm_dsa_vfio_portal_exits_total",
                 "vfio: portal stores that exited to dsavmm (0 while the pages are mapped)",
@@ -671,6 +675,16 @@ impl Controller {
                 "dsavmm_dsa_vfio_physical_errors_total",
                 "vfio: of those, refused by the physical device",
                 |c| c.physical_errors,
+            ),
+            (
+                "dsavmm_dsa_vfio_swerrs_forwarded_total",
+                "vfio: physical software errors forwarded to the guest's SWERR",
+                |c| c.swerrs_forwarded,
+            ),
+            (
+                "dsavmm_dsa_vfio_swerrs_foreign_total",
+                "vfio: physical software errors on WQs the guest was not given (not forwarded)",
+                |c| c.swerrs_foreign,
             ),
         ];
         push_device_counters(&mut out, &mediated, &vfio_counters);

@@ -20,6 +20,14 @@ pub enum DsaHandle {
 }
 
 impl DsaHandle {
+    /// Work the VMM's event loop does for the device: a mediated DSA's physical software
+    /// errors are forwarded to the guest (`VfioDsa::poll_misc`); nothing for the others.
+    pub fn poll(&self) {
+        if let DsaHandle::Vfio(d) = self {
+            d.lock().unwrap_or_else(|e| e.into_inner()).poll_misc();
+        }
+    }
+
     /// `GET /dsa/{id}`'s state and counters. For a vfio-user device: the server's state and
     /// counters (its statistics region) with the client's counters and the exits per
     /// descriptor added; `null` state when the server cannot be read.

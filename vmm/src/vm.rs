@@ -560,7 +560,7 @@ fn attach_vfio_dsa(
         wqs.map_or_else(|| (0..phys.caps().wqs.min(8)).collect(), <[usize]>::to_vec);
     devices::vfio::device::check_wqs(&wqs, phys.caps().wqs).map_err(verr)?;
     let cfg = guest_config(&phys.caps(), wqs.len()).map_err(verr)?;
-    let sink = sink_for(cfg.msix_vectors())?;
+    let sink = sink_for(devices::vfio::device::guest_vectors(phys.vectors(), &cfg))?;
     let slot = VFIO_PORTAL_SLOT_BASE + 8 * index as u32;
     let d = Arc::new(Mutex::new(
         VfioDsa::new(phys, wqs, sink, vm_fd.clone(), slot).map_err(verr)?,

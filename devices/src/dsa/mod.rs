@@ -40,6 +40,8 @@ use regs::{Caps, Registers, GENCTRL_SOFTERR_INT_EN, INTCAUSE_SWERR, STATE_ENABLE
 pub const DSA_VENDOR_ID: u16 = 0x8086;
 /// PCI device ID matched by idxd as DSA_SPR0 (section 1.1).
 pub const DSA_DEVICE_ID: u16 = 0x0b25;
+/// The most MSI-X vectors a vDSA has: the table's 4 KiB of BAR0 (16 bytes per entry).
+pub const MAX_MSIX_VECTORS: u16 = 256;
 /// PCI class: system peripheral, other (section 1.2).
 pub const DSA_CLASS: u32 = 0x08_8000;
 /// BAR index of the registers.
@@ -151,7 +153,8 @@ impl DsaConfig {
         Ok(())
     }
 
-    /// MSI-X vectors of the device: num_wqs + 1 (trap 6). A KVM sink must have this many.
+    /// MSI-X vectors of the device: num_wqs + 1 (trap 6). A KVM sink must have this many (or
+    /// the count given to [`DsaDevice::with_backend_and_vectors`]).
     pub fn msix_vectors(&self) -> u16 {
         u16::from(self.wqs) + 1
     }
@@ -346,8 +349,21 @@ impl DsaDevice {
         backend: Box<dyn DsaBackend>,
         sink: Arc<dyn MsiInterruptSink>,
     ) -> Result<Self, DsaError> {
+        Self::with_backend_and_vectors(cfg, backend, sink, cfg.msix_vectors())
+    }
+
+    /// A vDSA with any backend and an MSI-X table of `vectors` entries: at least num_wqs + 1
+    /// (trap 6: the driver needs that many and accepts more), at most 256 (the table's 4 KiB).
+    /// A mediated device has as many as the physical one, so that an interrupt handle is valid
+    /// exactly when the hardware that checks it says so.
+    pub fn with_backend_and_vectors(
+        cfg: DsaConfig,
+        backend: Box<dyn DsaBackend>,
+        sink: Arc<dyn MsiInterruptSink>,
+        vectors: u16,
+    ) -> Result<Self, DsaError> {
         cfg.validate()?;
-        let vectors = cfg.msix_vectors(); // trap 6: exactly num_wqs + 1
+        let vectors = vectors.clamp(cfg.msix_vectors(), MAX_MSIX_VECTORS);
         let msix = Msix::new(vectors, sink);
         let mut pci = PciConfig::new(PciHeader {
             vendor: DSA_VENDOR_ID,

@@ -12,8 +12,9 @@
 //!   otherwise; what a parked vector catches becomes the guest's PBA bit and is delivered on
 //!   unmask. No dsavmm thread is on the completion path.
 //! - Physical vector 0 (the device's errors and command completions) stays parked: commands
-//!   are polled, and the guest's own vector 0 is the front end's (docs/vfio.md says what that
-//!   leaves out).
+//!   are polled, and the guest's own vector 0 is the front end's. A software error the
+//!   physical device signals there is read by [`VfioDsa::poll_misc`] and becomes the guest's
+//!   SWERR and misc interrupt (`super::swerr`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use kvm_ioctls::VmFd;
 use serde::Serialize;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::mediated::{MediatedBackend, MediationCounters};
+use super::mediated::{MediatedBackend, MediationCounters, PhysicalPort};
 use super::physical::{PhysicalDsa, PORTAL_STRIDE};
+use super::swerr::{self, Forward};
 use super::VfioError;
-use crate::dsa::regs::{MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
+use crate::dsa::regs::{self, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
 use crate::dsa::{DsaConfig, DsaDevice, DsaState, DsaStats};
 use crate::pci::config::PciConfig;
 use crate::pci::kvm_msi::KvmMsiSink;
@@ -49,6 +51,15 @@ pub fn guest_config(
     cfg.validate()
         .map_err(|e| VfioError::Front(format!("{e} (device geometry {caps:?})")))?;
     Ok(cfg)
+}
+
+/// The guest's MSI-X vectors: as many as the physical device has (the hardware checks a
+/// descriptor's interrupt handle against its own table, so the guest's table is the same size),
+/// and never fewer than its WQs need.
+pub fn guest_vectors(phys_vectors: u32, cfg: &DsaConfig) -> u16 {
+    u16::try_from(phys_vectors)
+        .unwrap_or(u16::MAX)
+        .clamp(cfg.msix_vectors(), crate::dsa::MAX_MSIX_VECTORS)
 }
 
 /// Checks a `wqs=` list against the device: each WQ exists, none twice, 1..=8 of them.
@@ -92,6 +103,10 @@ pub struct VfioStats {
     pub portal_exits: u64,
     /// VFIO_DEVICE_SET_IRQS calls made for masking and unmasking.
     pub irq_switches: u64,
+    /// Physical software errors forwarded to the guest's SWERR.
+    pub swerrs_forwarded: u64,
+    /// Physical software errors on WQs the guest was not given (not forwarded).
+    pub swerrs_foreign: u64,
 }
 
 /// A mediated DSA on dsavmm's PCI bus.
@@ -134,8 +149,10 @@ impl VfioDsa {
         }
         let counters = Arc::new(MediationCounters::default());
         let backend = MediatedBackend::new(phys.clone(), wqs.clone(), counters.clone());
-        let front = DsaDevice::with_backend(cfg, Box::new(backend), sink.clone())
-            .map_err(|e| VfioError::Front(e.to_string()))?;
+        let vectors = guest_vectors(phys.vectors(), &cfg);
+        let front =
+            DsaDevice::with_backend_and_vectors(cfg, Box::new(backend), sink.clone(), vectors)
+                .map_err(|e| VfioError::Front(e.to_string()))?;
         let mut parked = Vec::new();
         for _ in 0..phys.vectors() {
             parked.push(
@@ -180,14 +197,55 @@ impl VfioDsa {
             physical_errors: c.physical_errors.load(Ordering::Relaxed),
             portal_exits: c.portal_exits.load(Ordering::Relaxed),
             irq_switches: self.irq_switches,
+            swerrs_forwarded: c.swerrs_forwarded.load(Ordering::Relaxed),
+            swerrs_foreign: c.swerrs_foreign.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the physical misc vector (0, never bound to the guest) caught: a software error
+    /// becomes the guest's SWERR, WQ index translated, with the guest's misc interrupt when its
+    /// GENCTRL asks for one (`super::swerr`). The VMM's event loop calls this at least every
+    /// 200 ms, and the guest's reads of INTCAUSE and SWERR call it first.
+    pub fn poll_misc(&mut self) {
+        if !self
+            .parked
+            .first()
+            .is_some_and(|fd| fd.read().is_ok_and(|n| n > 0))
+        {
+            return;
+        }
+        let Some(q) = PhysicalPort::take_swerr(&*self.phys) else {
+            return;
+        };
+        match swerr::translate(q, &self.wqs) {
+            Forward::Guest(q0, q1, addr) => {
+                self.counters
+                    .swerrs_forwarded
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "physical DSA {}: software error {q0:#x} {q1:#x} at {addr:#x} forwarded",
+                    self.phys.bdf()
+                );
+                self.front.report_swerr(q0, q1, addr);
+            }
+            Forward::Foreign(wq) => {
+                self.counters.swerrs_foreign.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "physical DSA {}: software error on WQ {wq}, which this guest was not given",
+                    self.phys.bdf()
+                );
+            }
+            Forward::Nothing => {}
         }
     }
 
     /// The eventfd physical vector `v` should signal now.
     fn target(&self, v: usize) -> (bool, &EventFd) {
         let guest = u16::try_from(v).unwrap_or(u16::MAX);
-        let wq_vector = v >= 1 && v <= self.wqs.len();
-        if wq_vector && self.front.msix.deliverable(guest) {
+        // Vector 0 is the device's own (its causes are mediated, see poll_misc); every other
+        // one is the guest's vector of the same number.
+        let guest_vector = v >= 1 && guest < self.front.msix.num_vectors();
+        if guest_vector && self.front.msix.deliverable(guest) {
             if let Some(fd) = self.sink.eventfd(guest) {
                 return (true, fd);
             }
@@ -204,7 +262,8 @@ impl VfioDsa {
 
     /// What a parked vector caught becomes the guest's pending bit (or an interrupt).
     fn collect_parked(&mut self) {
-        for v in 1..=self.wqs.len().min(self.parked.len().saturating_sub(1)) {
+        let guest = usize::from(self.front.msix.num_vectors());
+        for v in 1..guest.min(self.parked.len()) {
             if !self.bound[v] && self.parked[v].read().is_ok_and(|n| n > 0) {
                 self.front.msix.trigger(v as u16);
             }
@@ -330,6 +389,11 @@ impl PciDevice for VfioDsa {
         if bar == 0 && Self::in_msix(offset, data.len(), MSIX_PBA_OFFSET) {
             self.collect_parked();
         }
+        if bar == 0
+            && (offset == regs::INTCAUSE || (regs::SWERR..regs::SWERR + 32).contains(&offset))
+        {
+            self.poll_misc();
+        }
         self.front.bar_read(bar, offset, data);
     }
 
@@ -355,6 +419,17 @@ impl PciDevice for VfioDsa {
 mod tests {
     use super::*;
     use crate::vfio::physical::PhysicalCaps;
+
+    #[test]
+    fn the_guest_gets_the_physical_vector_count() {
+        let cfg = DsaConfig {
+            wqs: 2,
+            ..DsaConfig::default()
+        };
+        assert_eq!(guest_vectors(9, &cfg), 9, "a real DSA: 8 WQs + 1");
+        assert_eq!(guest_vectors(2, &cfg), 3, "never fewer than the WQs need");
+        assert_eq!(guest_vectors(2049, &cfg), 256, "the table's 4 KiB");
+    }
 
     #[test]
     fn wq_lists_are_checked() {

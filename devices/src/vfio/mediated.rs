@@ -23,6 +23,10 @@
 //! answered (a guest must always be able to stop), and the guest's CMDSTS carries the
 //! physical error when its own check passed.
 //!
+//! Besides configuration and commands, mediation writes only GENCTRL.softerr_int_en (before
+//! ENABLE_DEVICE) and clears INTCAUSE and SWERR after reading a software error, which
+//! [`super::swerr`] translates into the guest's.
+//!
 //! Descriptors never come here: the given WQs' portal pages are the guest's memory (see
 //! [`super::device`]). A store that exits to dsavmm anyway is posted to the physical portal.
 
@@ -34,6 +38,7 @@ use crate::dsa::command::code;
 use crate::dsa::config::Tables;
 use crate::dsa::descriptor::{Descriptor, DESC_SIZE};
 use crate::dsa::engine::{EngineLimits, Outcome, SwError};
+use crate::dsa::regs;
 
 use super::physical::{PhysicalCaps, PhysicalDsa};
 
@@ -52,6 +57,38 @@ pub trait PhysicalPort: Send + Sync {
     fn post(&self, wq: usize, desc: &[u8; DESC_SIZE]) -> bool;
     /// OPCAP's four qwords.
     fn opcap(&self) -> [u64; 4];
+    /// Reads BAR0 dword `off`.
+    fn r32(&self, off: u64) -> u32;
+    /// Writes BAR0 dword `off`: only GENCTRL, INTCAUSE and SWERR are written this way
+    /// ([`PhysicalPort::enable_error_interrupts`], [`PhysicalPort::take_swerr`]).
+    fn w32(&self, off: u64, v: u32);
+
+    /// Sets GENCTRL.softerr_int_en, so that a software error signals the physical vector 0.
+    fn enable_error_interrupts(&self) {
+        let g = self.r32(regs::GENCTRL);
+        self.w32(regs::GENCTRL, g | regs::GENCTRL_SOFTERR_INT_EN);
+    }
+
+    /// Takes the pending software error: SWERR's four qwords when INTCAUSE says there is one;
+    /// SWERR's valid/overflow bits and INTCAUSE are cleared (both RW1C), so the next error is
+    /// logged and signalled again.
+    fn take_swerr(&self) -> Option<[u64; 4]> {
+        let cause = self.r32(regs::INTCAUSE);
+        if cause == 0 || cause == u32::MAX {
+            return None;
+        }
+        let r64 = |off: u64| u64::from(self.r32(off)) | (u64::from(self.r32(off + 4)) << 32);
+        let q = (cause & regs::INTCAUSE_SWERR != 0)
+            .then(|| [0, 1, 2, 3].map(|i| r64(regs::SWERR + 8 * i)));
+        if let Some(q) = q {
+            self.w32(
+                regs::SWERR,
+                (q[0] & (super::swerr::SWERR_VALID | super::swerr::SWERR_OVERFLOW)) as u32,
+            );
+        }
+        self.w32(regs::INTCAUSE, cause);
+        q
+    }
 }
 
 impl PhysicalPort for PhysicalDsa {
@@ -75,6 +112,12 @@ impl PhysicalPort for PhysicalDsa {
         let o = crate::dsa::regs::OPCAP;
         [0, 1, 2, 3].map(|i| self.r64(o + 8 * i))
     }
+    fn r32(&self, off: u64) -> u32 {
+        PhysicalDsa::r32(self, off)
+    }
+    fn w32(&self, off: u64, v: u32) {
+        PhysicalDsa::w32(self, off, v)
+    }
 }
 
 /// Counters of the mediation.
@@ -86,6 +129,10 @@ pub struct MediationCounters {
     pub physical_errors: AtomicU64,
     /// Portal stores that exited to dsavmm and were posted (0 when the pages are mapped).
     pub portal_exits: AtomicU64,
+    /// Physical software errors forwarded to the guest's SWERR.
+    pub swerrs_forwarded: AtomicU64,
+    /// Physical software errors naming a WQ the guest was not given (not forwarded).
+    pub swerrs_foreign: AtomicU64,
 }
 
 /// The backend of a mediated vDSA.
@@ -182,6 +229,9 @@ impl MediatedBackend {
                 .map_or(0, |w| u32::from(w.size()));
             self.phys.write_wqcfg(p, 0, size);
         }
+        // A software error must reach the guest (swerr.rs): the physical device signals it only
+        // with GENCTRL.softerr_int_en, which a reset clears.
+        self.phys.enable_error_interrupts();
         self.run(code::ENABLE_DEVICE, 0)
     }
 

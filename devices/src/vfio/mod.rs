@@ -6,10 +6,12 @@
 //!   translated to the physical WQs, groups and engines the guest was given.
 //! - [`device`]: the PCI function the guest sees: the vDSA front end's registers, the given
 //!   WQs' portal pages as KVM memory slots, the host vectors as KVM irqfds.
+//! - [`swerr`]: the physical device's software errors, translated into the guest's SWERR.
 
 pub mod device;
 pub mod mediated;
 pub mod physical;
+pub mod swerr;
 
 /// Errors setting up a mediated DSA.
 #[derive(Debug, thiserror::Error)]

@@ -75,6 +75,12 @@ impl PhysicalPort for ModelPort {
     fn opcap(&self) -> [u64; 4] {
         [0, 1, 2, 3].map(|i| self.r64(regs::OPCAP + 8 * i))
     }
+    fn r32(&self, off: u64) -> u32 {
+        ModelPort::r32(self, off)
+    }
+    fn w32(&self, off: u64, v: u32) {
+        ModelPort::w32(self, off, v)
+    }
 }
 
 /// The guest's front end over `wqs` of `phys`.
@@ -302,4 +308,44 @@ fn drain_and_abort_all_name_only_enabled_wqs() {
     assert_eq!(g.cmd(code::DRAIN_ALL, 0), 0);
     assert_eq!(g.cmd(code::ABORT_ALL, 0), 0);
     assert_eq!(g.counters.physical_errors.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_physical_software_error_is_taken_cleared_and_translated_for_the_guest() {
+    let phys = ModelPort::new(DsaConfig::default());
+    let mut g = Guest::new(&phys, vec![2, 5]);
+    g.configure(&[(0, 16, 3), (1, 8, 3)]);
+    assert_eq!(g.cmd(code::ENABLE_DEVICE, 0), 0);
+    assert_eq!(g.cmd(code::ENABLE_WQ, 1), 0);
+    // ENABLE_DEVICE asked the physical device to signal software errors.
+    assert_eq!(
+        phys.r32(regs::GENCTRL) & regs::GENCTRL_SOFTERR_INT_EN,
+        regs::GENCTRL_SOFTERR_INT_EN
+    );
+    assert_eq!(phys.take_swerr(), None, "nothing pending yet");
+    // An unsupported opcode without a completion record, on physical WQ 5 (guest WQ 1).
+    let mut desc = [0u8; 64];
+    desc[7] = 0x7f;
+    phys.dev
+        .lock()
+        .unwrap()
+        .bar_write(2, 5 * super::super::physical::PORTAL_STRIDE, &desc);
+    let q = phys
+        .take_swerr()
+        .expect("the model logged a software error");
+    assert_eq!((q[0] >> 16) & 0xff, 5, "physical WQ index");
+    assert_eq!(phys.r32(regs::INTCAUSE), 0, "INTCAUSE cleared");
+    assert_eq!(phys.r32(regs::SWERR) & 1, 0, "SWERR valid cleared");
+    assert_eq!(phys.take_swerr(), None);
+    match crate::vfio::swerr::translate(q, &[2, 5]) {
+        crate::vfio::swerr::Forward::Guest(q0, _, _) => {
+            assert_eq!((q0 >> 16) & 0xff, 1, "guest WQ index");
+            assert_eq!((q0 >> 32) & 0xff, 0x7f, "opcode");
+        }
+        other => panic!("not forwarded: {other:?}"),
+    }
+    assert_eq!(
+        crate::vfio::swerr::translate(q, &[2]),
+        crate::vfio::swerr::Forward::Foreign(5)
+    );
 }
