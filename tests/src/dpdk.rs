@@ -3,21 +3,48 @@
 
 use crate::idxd::{Step, StepStatus};
 
-/// One dmadev instance that `dmadev_autotest` tested (`### Test dmadev instance <id> [<name>]`), with
-/// the op counts its runs printed last (`Ops submitted: N  Ops completed: M  Errors: E`).
+/// One test run of `dmadev_autotest` on an instance (`DMA Dev <id>: Running <name> Tests`), with
+/// its op counts as the last progress line printed them (each is cumulative over the run, so a
+/// later line replaces an earlier one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DmadevRun {
+    /// `copy`, `burst capacity`, `fill`, ...
+    pub name: String,
+    /// `Ops submitted`.
+    pub submitted: u64,
+    /// `Ops completed`.
+    pub completed: u64,
+    /// `Errors`.
+    pub errors: u64,
+}
+
+/// One dmadev instance that `dmadev_autotest` tested (`### Test dmadev instance <id> [<name>]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DmadevInstance {
     /// DPDK's device name: the PCI address and queue of an idxd WQ (`0000:00:03.0-q0`), or
     /// `dma_skeleton` for the software skeleton of the API tests.
     pub name: String,
-    /// The test runs started on it (`copy`, `burst capacity`, `fill`, ...), in order.
-    pub runs: Vec<String>,
-    /// The sum over its runs of the last `Ops submitted` figure of each.
-    pub submitted: u64,
-    /// The same for `Ops completed`.
-    pub completed: u64,
-    /// The same for `Errors`.
-    pub errors: u64,
+    /// Its test runs, in order.
+    pub runs: Vec<DmadevRun>,
+}
+
+impl DmadevInstance {
+    /// The run called `name`.
+    pub fn run(&self, name: &str) -> Option<&DmadevRun> {
+        self.runs.iter().find(|r| r.name == name)
+    }
+    /// Ops submitted over all runs.
+    pub fn submitted(&self) -> u64 {
+        self.runs.iter().map(|r| r.submitted).sum()
+    }
+    /// Ops completed over all runs.
+    pub fn completed(&self) -> u64 {
+        self.runs.iter().map(|r| r.completed).sum()
+    }
+    /// Errors over all runs.
+    pub fn errors(&self) -> u64 {
+        self.runs.iter().map(|r| r.errors).sum()
+    }
 }
 
 /// One size of `dpdk-copy-bench` (`PERF size=... ratio=... verified=...`): DMA through the dmadev and
@@ -125,10 +152,10 @@ impl DpdkReport {
                 let Some((step, line)) = rest.split_once(": ") else {
                     continue;
                 };
-                if step == "copy-bench" {
-                    r.bench_line(line);
-                } else {
-                    r.out_line(line);
+                match step {
+                    "copy-bench" => r.bench_line(line),
+                    "dmadev_autotest" => r.out_line(line),
+                    _ => {}
                 }
                 r.out.push((step.to_string(), line.to_string()));
             } else if let Some(rest) = m.strip_prefix("DPDK-DMESG ") {
@@ -165,14 +192,17 @@ impl DpdkReport {
             });
         } else if let Some(i) = self.instances.last_mut() {
             if let Some((s, c, e)) = parse_ops(line) {
-                i.submitted += s;
-                i.completed += c;
-                i.errors += e;
+                if let Some(run) = i.runs.last_mut() {
+                    (run.submitted, run.completed, run.errors) = (s, c, e);
+                }
             } else if let Some(run) = line
                 .split_once(": Running ")
                 .and_then(|(_, r)| r.split_once(" Tests"))
             {
-                i.runs.push(run.0.to_string());
+                i.runs.push(DmadevRun {
+                    name: run.0.to_string(),
+                    ..DmadevRun::default()
+                });
             }
         }
         if line == "Test OK" {
@@ -203,12 +233,16 @@ mod tests {
         "DPDK-STEP modules OK uptime=3.20 ",
         "DPDK-OUT dmadev_autotest: ### Test dmadev instance 0 [dma_skeleton]",
         "DPDK-OUT dmadev_autotest: DMA Dev 0: Running copy Tests  ",
-        "DPDK-OUT dmadev_autotest: Ops submitted: 85760\tOps completed: 85760\tErrors: 0",
+        "DPDK-OUT dmadev_autotest: Ops submitted: 85120\tOps completed: 85120\tErrors: 0",
         "DPDK-OUT dmadev_autotest: ### Test dmadev instance 1 [0000:00:03.0-q0]",
         "DPDK-OUT dmadev_autotest: DMA Dev 1: Running copy Tests  ",
-        "DPDK-OUT dmadev_autotest: Ops submitted: 85760\tOps completed: 85760\tErrors: 0",
+        "DPDK-OUT dmadev_autotest: Ops submitted: 133\tOps completed: 133\tErrors: 0",
+        "DPDK-OUT dmadev_autotest-log: EAL: a log line between two progress lines",
+        "DPDK-OUT dmadev_autotest: Ops submitted: 85120\tOps completed: 85120\tErrors: 0",
         "DPDK-OUT dmadev_autotest: DMA Dev 1: Running burst capacity Tests  ",
         "DPDK-OUT dmadev_autotest: Ops submitted: 65536\tOps completed: 65536\tErrors: 0",
+        "DPDK-OUT dmadev_autotest: DMA Dev 1: Running fill Tests  ",
+        "DPDK-OUT dmadev_autotest: Ops submitted: 6\tOps completed: 6\tErrors: 0",
         "DPDK-OUT dmadev_autotest: Test OK",
         "DPDK-OUT copy-bench: PERF size=4096 ops=4096 bytes=16777216 dma_ns=1 memcpy_ns=2 \
          dma_mbps=812.5 memcpy_mbps=1625.0 ratio=0.500 verified=4096",
@@ -232,10 +266,16 @@ mod tests {
         assert_eq!(r.instances.len(), 2);
         let q = &r.instances[1];
         assert_eq!(q.name, "0000:00:03.0-q0");
-        assert_eq!(q.runs, vec!["copy", "burst capacity"]);
-        assert_eq!((q.submitted, q.completed, q.errors), (151296, 151296, 0));
+        let names: Vec<&str> = q.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["copy", "burst capacity", "fill"]);
+        assert_eq!(q.run("fill").map(|r| r.submitted), Some(6));
+        // A later progress line of a run replaces the earlier one (cumulative counts).
+        assert_eq!(
+            (q.submitted(), q.completed(), q.errors()),
+            (150662, 150662, 0)
+        );
         assert!(r.test_ok);
-        assert_eq!(r.out_of("dmadev_autotest").count(), 9);
+        assert_eq!(r.out_of("dmadev_autotest").count(), 12);
         assert_eq!(r.dmesg.len(), 1);
         assert_eq!(r.verdict, Some(false));
         assert_eq!(r.bench.len(), 1);
@@ -253,7 +293,7 @@ mod tests {
         let r = DpdkReport::parse([
             "DPDK-STEP",
             "DPDK-OUT no separator",
-            "DPDK-OUT x: Ops submitted: many",
+            "DPDK-OUT dmadev_autotest: Ops submitted: many",
         ]);
         assert!(r.steps.is_empty());
         assert!(r.instances.is_empty());

@@ -39,7 +39,7 @@ pub mod skip;
 pub mod soak;
 
 pub use api_run::{api_counters, api_run, api_script};
-pub use dpdk::{CopyBench, DmadevInstance, DpdkReport};
+pub use dpdk::{CopyBench, DmadevInstance, DmadevRun, DpdkReport};
 pub use env::{dsavmm_binary, hw_kvm, target_dir, workspace_root};
 pub use guest::{DpdkGuest, GuestKernel, IdxdGuest, LinuxGuest, L2_CMDLINE, L2_MARKER};
 pub use idxd::{Dmatest, DmatestBytes, IdxdReport, Step, StepStatus};

@@ -222,24 +222,25 @@ stage_idxd() {
         sha256sum "$dmatest" | cut -c1-64
         return 0
     fi
+    # Every command ends in `|| return 1`: the caller runs this as `"$stage_fn" "$stage" || die`,
+    # where bash ignores set -e inside the function.
     local stage="$1" lib="$1/lib/x86_64-linux-gnu" f
-    set -e
-    mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run"
+    mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run" || return 1
     for f in idxd_bus idxd; do
         if [[ -f "$mods/$f.ko.xz" ]]; then
-            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko"
+            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko" || return 1
         else
-            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko"
+            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko" || return 1
         fi
     done
-    cp "$dmatest" "$stage/lib/modules/dmatest.ko"
-    cp -L "$ac/usr/bin/accel-config" "$stage/usr/bin/accel-config"
+    cp "$dmatest" "$stage/lib/modules/dmatest.ko" || return 1
+    cp -L "$ac/usr/bin/accel-config" "$stage/usr/bin/accel-config" || return 1
     for f in "$lac"/usr/lib/x86_64-linux-gnu/libaccel-config.so.1 "$jc"/usr/lib/x86_64-linux-gnu/libjson-c.so.5 \
         "$libc"/lib/x86_64-linux-gnu/libc.so.6 "$libc"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2; do
         [[ -e "$f" ]] || die "missing $f"
-        cp -L "$f" "$lib/"
+        cp -L "$f" "$lib/" || return 1
     done
-    ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$stage/lib64/ld-linux-x86-64.so.2"
+    ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$stage/lib64/ld-linux-x86-64.so.2" || return 1
 }
 
 build_idxd_initramfs() {
@@ -285,7 +286,9 @@ dpdk_soname_pkg() {
 
 # elf_needed FILE: the DT_NEEDED sonames of FILE.
 elf_needed() {
-    readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'
+    local d
+    d="$(readelf -d "$1")" || return 1
+    sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' <<<"$d"
 }
 
 # dpdk_closure: print `SONAME PATH` for every shared library that dpdk-test and the two DMA drivers it
@@ -308,7 +311,9 @@ dpdk_closure() {
         f="${todo[0]}"
         todo=("${todo[@]:1}")
         [[ -e "$f" ]] || { echo "missing $f" >&2; return 1; }
-        for s in $(elf_needed "$f"); do
+        local needed
+        needed="$(elf_needed "$f")" || { echo "readelf failed on $f" >&2; return 1; }
+        for s in $needed; do
             [[ -n "${found[$s]:-}" ]] && continue
             case "$s" in libc.so.6 | libm.so.6 | ld-linux-x86-64.so.2) continue ;; esac
             pkg="$(dpdk_soname_pkg "$s")" || { echo "no package known for $s (needed by $f)" >&2; return 1; }
@@ -331,15 +336,17 @@ dpdk_closure() {
 # rte_config.h). Keyed by the hash of the source and the DPDK version.
 build_dpdk_bench() {
     local src="$HERE/dpdk-copy-bench.c" key dir cc hdr closure libdirs
-    key="$( { echo "$DPDK_VERSION"; cat "$src"; } | short_hash)"
+    cc="$(command -v gcc-12 || true)"
+    [[ -n "$cc" ]] || die "gcc-12 is needed to build dpdk-copy-bench (apt-get install gcc-12)"
+    hdr="$(deb_x libdpdk-dev "$DPDK_VERSION")" || return 1
+    # Keyed by everything that makes the binary: the source, this function (the flags), the
+    # compiler and the unpacked headers' package (its directory names the version).
+    key="$( { echo "$hdr"; "$cc" --version | head -n1; declare -f build_dpdk_bench; cat "$src"; } | short_hash)"
     dir="$OUT/dpdk-bench-$key"
     if [[ -x "$dir/dpdk-copy-bench" ]]; then
         echo "$dir/dpdk-copy-bench"
         return 0
     fi
-    cc="$(command -v gcc-12 || true)"
-    [[ -n "$cc" ]] || die "gcc-12 is needed to build dpdk-copy-bench (apt-get install gcc-12)"
-    hdr="$(deb_x libdpdk-dev "$DPDK_VERSION")" || return 1
     closure="$(dpdk_closure)" || return 1
     libdirs="$(awk '{ sub("/[^/]*$", "", $2); print $2 }' <<<"$closure" | sort -u)"
     local eal dmadev
@@ -387,26 +394,26 @@ stage_dpdk() {
         sha256sum "$bench" | cut -c1-64
         return 0
     fi
+    # `|| return 1` throughout, as in stage_idxd (set -e does not apply here).
     local stage="$1" lib="$1/lib/x86_64-linux-gnu" f s path
-    set -e
-    mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run" "$stage/dev/hugepages"
+    mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run" || return 1
     for f in "${UIO_MODULES[@]}"; do
         if [[ -f "$mods/$f.ko.xz" ]]; then
-            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko"
+            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko" || return 1
         else
-            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko"
+            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko" || return 1
         fi
     done
-    cp -L "$dev/usr/bin/dpdk-test" "$stage/usr/bin/dpdk-test"
-    cp "$bench" "$stage/usr/bin/dpdk-copy-bench"
+    cp -L "$dev/usr/bin/dpdk-test" "$stage/usr/bin/dpdk-test" || return 1
+    cp "$bench" "$stage/usr/bin/dpdk-copy-bench" || return 1
     while read -r s path; do
-        cp -L "$path" "$lib/$s"
+        cp -L "$path" "$lib/$s" || return 1
     done <<<"$closure"
     for f in libc.so.6 libm.so.6 ld-linux-x86-64.so.2; do
         [[ -e "$libc/lib/x86_64-linux-gnu/$f" ]] || die "missing $f in libc6"
-        cp -L "$libc/lib/x86_64-linux-gnu/$f" "$lib/"
+        cp -L "$libc/lib/x86_64-linux-gnu/$f" "$lib/" || return 1
     done
-    ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$stage/lib64/ld-linux-x86-64.so.2"
+    ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$stage/lib64/ld-linux-x86-64.so.2" || return 1
 }
 
 build_dpdk_initramfs() {

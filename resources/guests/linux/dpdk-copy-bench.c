@@ -22,6 +22,7 @@
 
 #include <rte_dmadev.h>
 #include <rte_eal.h>
+#include <rte_errno.h>
 #include <rte_lcore.h>
 #include <rte_memzone.h>
 #include <rte_random.h>
@@ -117,6 +118,7 @@ int main(int argc, char **argv)
 	struct rte_dma_info info;
 	int16_t dev = -1;
 	int16_t i;
+	int rc = 1;
 
 	if (rte_eal_init(argc, argv) < 0) {
 		fprintf(stderr, "PERF-ERROR rte_eal_init failed\n");
@@ -141,9 +143,9 @@ int main(int argc, char **argv)
 		src[b] = buffer("src", b);
 		dst[b] = buffer("dst", b);
 		if (src[b] == NULL || dst[b] == NULL) {
-			fprintf(stderr, "PERF-ERROR cannot reserve %d IOVA-contiguous 1 MiB buffers\n",
-				2 * BURST);
-			return 1;
+			fprintf(stderr, "PERF-ERROR cannot reserve %d IOVA-contiguous 1 MiB buffers: %s\n",
+				2 * BURST, rte_strerror(rte_errno));
+			goto out;
 		}
 	}
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -156,7 +158,7 @@ int main(int argc, char **argv)
 			prepare(src, dst, size);
 			t = dma_round(dev, src, dst, size);
 			if (t == 0 || !check(src, dst, size, "dma", r))
-				return 1;
+				goto out;
 			dma_ns += t;
 			verified += BURST;
 
@@ -166,7 +168,7 @@ int main(int argc, char **argv)
 				memcpy(dst[b]->addr, src[b]->addr, size);
 			cpu_ns += (now_ns() - t) ?: 1;
 			if (!check(src, dst, size, "memcpy", r))
-				return 1;
+				goto out;
 		}
 		uint64_t ops = (uint64_t)cases[c].rounds * BURST, bytes = ops * size;
 		double dma_mbps = (double)bytes * 1e3 / (double)dma_ns;
@@ -178,8 +180,11 @@ int main(int argc, char **argv)
 		fflush(stdout);
 	}
 	printf("PERF-DONE dev=%s\n", info.dev_name);
+	rc = 0;
+out:
+	/* Stopped before exit frees the hugepages a failed round's copies may still target. */
 	rte_dma_stop(dev);
 	rte_dma_close(dev);
 	rte_eal_cleanup();
-	return 0;
+	return rc;
 }

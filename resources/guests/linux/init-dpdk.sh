@@ -10,7 +10,8 @@
 #   DPDK-START nproc=<n> uptime=<s> movdir64b=yes|no kernel=<uname -r>
 #   DPDK-STEP <name> OK|FAIL|SKIP [detail]      one per step, in order (uptime= in the detail)
 #   DPDK-OUT <step>: <line>                     output of the step's command (dpdk-test's progress
-#                                               lines, `\r`-separated, shortened to the last of each run)
+#                                               lines, `\r`-separated, shortened to the last of each run;
+#                                               its stderr under step dmadev_autotest-log)
 #   DPDK-DMESG <line>                           the kernel log since the previous step (dmesg -c)
 #   DPDK-VERDICT PASS | DPDK-VERDICT FAIL steps=<failed steps>
 #   (dpdk-copy-bench's own lines, under step copy-bench: PERF size=<b> ops=<n> bytes=<total> dma_ns=<t>
@@ -88,10 +89,12 @@ else
 fi
 
 # 4. 2 MiB hugepages: DPDK's memory, whose guest physical addresses the descriptors carry.
+#    dpdk-copy-bench's 32 buffers of 1 MiB, each aligned to its size, take a 2 MiB page each.
+mkdir -p /dev/hugepages
 mount -t hugetlbfs nodev /dev/hugepages
-echo 64 >/proc/sys/vm/nr_hugepages
+echo 80 >/proc/sys/vm/nr_hugepages
 pages="$(cat /proc/sys/vm/nr_hugepages)"
-if [ "$pages" -ge 32 ]; then ok hugepages "pages=$pages"; else fail hugepages "(nr_hugepages=$pages)"; finish; fi
+if [ "$pages" -ge 72 ]; then ok hugepages "pages=$pages"; else fail hugepages "(nr_hugepages=$pages)"; finish; fi
 
 LIB=/lib/x86_64-linux-gnu
 EAL="-l 0 --in-memory --no-telemetry --iova-mode=pa -a $BDF,max_queues=1 -d $LIB/librte_dma_idxd.so.23 -d $LIB/librte_dma_skeleton.so.23"
@@ -100,27 +103,30 @@ EAL="-l 0 --in-memory --no-telemetry --iova-mode=pa -a $BDF,max_queues=1 -d $LIB
 #    on the vDSA's queue: 640 rounds of single and burst copies with every byte checked, burst
 #    capacity, fills. (The error-handling cases need IOVA-as-VA, so DPDK skips them in PA mode.)
 t0="$(up)"
+# Its stdout (the test's own lines) and stderr (EAL's and the drivers' log) apart, so that a log
+# line never splits a run of progress lines; a hang ends after 300 s with what was printed.
 # shellcheck disable=SC2086
-DPDK_TEST=dmadev_autotest dpdk-test $EAL >/tmp/dmadev.log 2>&1
+DPDK_TEST=dmadev_autotest timeout 300 dpdk-test $EAL >/tmp/dmadev.log 2>/tmp/dmadev.err
 rc=$?
 t1="$(up)"
 tagged dmadev_autotest /tmp/dmadev.log
+tagged dmadev_autotest-log /tmp/dmadev.err
 if [ "$rc" -eq 0 ] && grep -q '^Test OK' /tmp/dmadev.log; then
     ok dmadev_autotest "elapsed_from=$t0 elapsed_to=$t1"
 else
-    fail dmadev_autotest "(dpdk-test exited $rc)"
+    fail dmadev_autotest "(dpdk-test exited $rc; 143 = killed after 300 s)"
 fi
 
 # 6. Throughput: dpdk-copy-bench (dpdk-copy-bench.c) times BURST-copy rounds through the same queue
 #    and through memcpy, side by side, each copy checked; one `PERF size=...` line per size.
 # shellcheck disable=SC2086
-dpdk-copy-bench -l 0 --in-memory --no-telemetry --iova-mode=pa -a $BDF,max_queues=1 \
+timeout 300 dpdk-copy-bench -l 0 --in-memory --no-telemetry --iova-mode=pa -a $BDF,max_queues=1 \
     -d $LIB/librte_dma_idxd.so.23 >/tmp/bench.log 2>&1
 rc=$?
 tagged copy-bench /tmp/bench.log
 if [ "$rc" -eq 0 ] && grep -q '^PERF-DONE' /tmp/bench.log; then
     ok copy-bench
 else
-    fail copy-bench "(dpdk-copy-bench exited $rc)"
+    fail copy-bench "(dpdk-copy-bench exited $rc; 143 = killed after 300 s)"
 fi
 finish
