@@ -1,7 +1,7 @@
 //! The DPDK guest's console protocol (`resources/guests/linux/init-dpdk.sh`): its steps, the output of
 //! Debian's `dpdk-test`, and the dmadev instances and op counts that output names.
 
-use crate::idxd::{Step, StepStatus};
+use crate::idxd::Step;
 
 /// One test run of `dmadev_autotest` on an instance (`DMA Dev <id>: Running <name> Tests`), with
 /// its op counts as the last progress line printed them (each is cumulative over the run, so a
@@ -133,21 +133,9 @@ impl DpdkReport {
             if m.starts_with("DPDK-START ") {
                 r.start = Some(m.to_string());
             } else if let Some(rest) = m.strip_prefix("DPDK-STEP ") {
-                let mut w = rest.split_whitespace();
-                let (Some(name), Some(status)) = (w.next(), w.next()) else {
-                    continue;
-                };
-                let status = match status {
-                    "OK" => StepStatus::Ok,
-                    "SKIP" => StepStatus::Skip,
-                    _ => StepStatus::Fail,
-                };
-                r.steps.push(Step {
-                    name: name.to_string(),
-                    status,
-                    uptime: value(rest, "uptime=").and_then(|v| v.parse().ok()),
-                    text: m.to_string(),
-                });
+                if let Some(step) = Step::parse(rest, m) {
+                    r.steps.push(step);
+                }
             } else if let Some(rest) = m.strip_prefix("DPDK-OUT ") {
                 let Some((step, line)) = rest.split_once(": ") else {
                     continue;
@@ -227,6 +215,7 @@ impl DpdkReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::idxd::StepStatus;
 
     const SAMPLE: &[&str] = &[
         "DPDK-START nproc=1 uptime=3.10 movdir64b=yes kernel=6.12.117+deb12-amd64",

@@ -113,6 +113,26 @@ const OOPS_MARKERS: [&str; 7] = [
     "invalid opcode",
 ];
 
+impl Step {
+    /// A `<PREFIX>-STEP <name> OK|FAIL|SKIP [detail]` line: `rest` follows the marker, `line` is
+    /// the whole marker line. Any status but OK and SKIP is a failure.
+    pub fn parse(rest: &str, line: &str) -> Option<Step> {
+        let mut w = rest.split_whitespace();
+        let (name, status) = (w.next()?, w.next()?);
+        let status = match status {
+            "OK" => StepStatus::Ok,
+            "SKIP" => StepStatus::Skip,
+            _ => StepStatus::Fail,
+        };
+        Some(Step {
+            name: name.to_string(),
+            status,
+            uptime: value(rest, "uptime=").and_then(|v| v.parse().ok()),
+            text: line.to_string(),
+        })
+    }
+}
+
 /// Whether a console line looks like a kernel oops, BUG, WARN or panic.
 pub fn is_oops_line(line: &str) -> bool {
     OOPS_MARKERS.iter().any(|m| line.contains(m))
@@ -154,21 +174,9 @@ impl IdxdReport {
                 r.movdir64b = value(rest, "movdir64b=").map(|v| v == "yes");
                 r.dmatest_enabled = value(rest, "dmatest=").map(|v| v == "1");
             } else if let Some(rest) = m.strip_prefix("IDXD-STEP ") {
-                let mut w = rest.split_whitespace();
-                let (Some(name), Some(status)) = (w.next(), w.next()) else {
-                    continue;
-                };
-                let status = match status {
-                    "OK" => StepStatus::Ok,
-                    "SKIP" => StepStatus::Skip,
-                    _ => StepStatus::Fail,
-                };
-                r.steps.push(Step {
-                    name: name.to_string(),
-                    status,
-                    uptime: value(rest, "uptime=").and_then(|v| v.parse().ok()),
-                    text: m.to_string(),
-                });
+                if let Some(step) = Step::parse(rest, m) {
+                    r.steps.push(step);
+                }
             } else if let Some(rest) = m.strip_prefix("IDXD-DMATEST-BYTES ") {
                 let num = |k: &str| value(rest, k).and_then(|v| v.parse::<u64>().ok());
                 if let (Some(case), Some(passed), Some(bytes)) =

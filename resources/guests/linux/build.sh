@@ -206,6 +206,16 @@ idxd_modules_dir() {
     echo "$d"
 }
 
+# stage_module DIR NAME DEST: DIR/NAME.ko(.xz) uncompressed into DEST/NAME.ko (6.12's modules are
+# xz-compressed, 6.1's are not).
+stage_module() {
+    if [[ -f "$1/$2.ko.xz" ]]; then
+        xz -dc "$1/$2.ko.xz" >"$3/$2.ko"
+    else
+        cp "$1/$2.ko" "$3/$2.ko"
+    fi
+}
+
 # stage_idxd STAGE | --key: the idxd guest's extra files: /lib/modules/{idxd_bus,idxd,dmatest}.ko,
 # /bin/accel-config with libaccel-config, libjson-c, libc and the dynamic loader.
 stage_idxd() {
@@ -227,11 +237,7 @@ stage_idxd() {
     local stage="$1" lib="$1/lib/x86_64-linux-gnu" f
     mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run" || return 1
     for f in idxd_bus idxd; do
-        if [[ -f "$mods/$f.ko.xz" ]]; then
-            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko" || return 1
-        else
-            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko" || return 1
-        fi
+        stage_module "$mods" "$f" "$stage/lib/modules" || return 1
     done
     cp "$dmatest" "$stage/lib/modules/dmatest.ko" || return 1
     cp -L "$ac/usr/bin/accel-config" "$stage/usr/bin/accel-config" || return 1
@@ -398,11 +404,7 @@ stage_dpdk() {
     local stage="$1" lib="$1/lib/x86_64-linux-gnu" f s path
     mkdir -p "$stage/lib/modules" "$lib" "$stage/lib64" "$stage/usr/bin" "$stage/var/run" || return 1
     for f in "${UIO_MODULES[@]}"; do
-        if [[ -f "$mods/$f.ko.xz" ]]; then
-            xz -dc "$mods/$f.ko.xz" >"$stage/lib/modules/$f.ko" || return 1
-        else
-            cp "$mods/$f.ko" "$stage/lib/modules/$f.ko" || return 1
-        fi
+        stage_module "$mods" "$f" "$stage/lib/modules" || return 1
     done
     cp -L "$dev/usr/bin/dpdk-test" "$stage/usr/bin/dpdk-test" || return 1
     cp "$bench" "$stage/usr/bin/dpdk-copy-bench" || return 1
