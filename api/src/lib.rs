@@ -62,8 +62,8 @@ pub use server::{
 };
 pub use types::{
     parse_config_file, Action, ActionType, BootSource, DsaBackend, DsaDeviceConfig, DsaDeviceInfo,
-    DsaEntry, InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfig, PortalMode,
-    Validate, VersionInfo, VmConfig,
+    DsaEntry, DsaExecution, InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfig,
+    PortalMode, Validate, VersionInfo, VmConfig,
 };
 
 /// The VMM version reported by `GET /version` (the workspace version).

@@ -248,6 +248,7 @@ mod tests {
                 backend: DsaBackend::VfioUser,
                 socket: Some("/tmp/dsa.sock".into()),
                 portal: Some(PortalMode::Trapped),
+                exec: Some(crate::types::DsaExecution::Inline),
                 ..DsaDeviceConfig::default()
             })
             .unwrap(),

@@ -227,6 +227,17 @@ pub enum DsaBackend {
     Vfio,
 }
 
+/// Where a software device's engine executes descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsaExecution {
+    /// One thread per engine; the vCPU's portal write only queues (the default).
+    #[default]
+    Workers,
+    /// In the vCPU's exit that wrote the portal.
+    Inline,
+}
+
 /// How a vfio-user device's portal BAR reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -307,6 +318,14 @@ pub struct DsaDeviceConfig {
         deserialize_with = "present"
     )]
     pub portal: Option<PortalMode>,
+    /// software only: where descriptors execute (default workers; ignored by the other
+    /// backends, whose engines are elsewhere).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub exec: Option<DsaExecution>,
 }
 
 impl Default for DsaDeviceConfig {
@@ -321,6 +340,7 @@ impl Default for DsaDeviceConfig {
             max_batch_shift: DEFAULT_BATCH_SHIFT,
             socket: None,
             portal: None,
+            exec: None,
         }
     }
 }

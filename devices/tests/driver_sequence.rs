@@ -531,6 +531,7 @@ fn small_geometry() {
         total_wq_size: 16,
         max_xfer_shift: 21,
         max_batch_shift: 5,
+        ..DsaConfig::default()
     };
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
     let dev = DsaDevice::new(cfg, mem, Arc::new(RecordingSink::default())).unwrap();

@@ -21,7 +21,7 @@
 #                                       and boots with intel_iommu=on (needs QEMU >= 10.1)
 # Environment: DSAVMM_CACHE (cache dir), DSAVMM_RIG_QEMU (use this qemu-system-x86_64 for L1 instead of
 # Debian's, e.g. one whose TCG executes MOVDIR64B), DSAVMM_RIG_QEMU_FW (its firmware dir for -L instead of
-# Debian's qemu-system-data), DSAVMM_RIG_TSC_KHZ (host TSC kHz, else from dmesg or
+# Debian's qemu-system-data), DSAVMM_RIG_SMP (L1's vCPUs, default 1), DSAVMM_RIG_TSC_KHZ (host TSC kHz, else from dmesg or
 # /proc/cpuinfo).
 # `build` prints: QEMU (the binary), QEMU_ENV=<NAME=VALUE> once per environment variable QEMU needs,
 # L1_KERNEL, L1_INITRAMFS, then QEMU_ARG=<arg> once per argument of the QEMU command line (in order).
@@ -258,7 +258,7 @@ qemu_args() {
         # q35 with a remapping vIOMMU in caching mode (what VFIO in L1 needs), placed before the
         # vfio-user device; guest RAM a shared memfd the server can map (docs/vfio.md).
         append+=" intel_iommu=on"
-        QEMU_ARGS=(-L "$QEMU_FW" -M q35,memory-backend=mem -accel tcg -cpu max -smp 1 -m 2G
+        QEMU_ARGS=(-L "$QEMU_FW" -M q35,memory-backend=mem -accel tcg -cpu max -smp "${DSAVMM_RIG_SMP:-1}" -m 2G
             -object memory-backend-memfd,id=mem,size=2G,share=on
             -device intel-iommu,caching-mode=on
             -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$VFIO_USER\",\"type\":\"unix\"}}"
@@ -266,7 +266,7 @@ qemu_args() {
             -kernel "$L1_KERNEL" -initrd "$L1_INITRAMFS" -append "$append")
         return 0
     fi
-    QEMU_ARGS=(-L "$QEMU_FW" -M microvm -accel tcg -cpu max -smp 1 -m 2G
+    QEMU_ARGS=(-L "$QEMU_FW" -M microvm -accel tcg -cpu max -smp "${DSAVMM_RIG_SMP:-1}" -m 2G
         -nographic -no-reboot -nodefaults -serial stdio
         -kernel "$L1_KERNEL" -initrd "$L1_INITRAMFS" -append "$append")
 }

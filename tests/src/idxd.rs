@@ -90,6 +90,8 @@ pub struct IdxdReport {
     /// Interrupts of the WQ's vector (`idxd-portal` in /proc/interrupts, all CPUs) after the dmatest
     /// cases, when printed.
     pub portal_irqs: Option<u64>,
+    /// The engines sysfs lists in the WQ's group (`IDXD-INFO group0.0 engines=a,b`).
+    pub group_engines: Vec<String>,
 }
 
 /// Sum the per-CPU counts of a /proc/interrupts line (`27:  526  0  PCI-MSIX-... idxd-portal`).
@@ -223,6 +225,13 @@ impl IdxdReport {
                         r.portal_irqs = Some(r.portal_irqs.unwrap_or(0) + n);
                     }
                 }
+            } else if let Some(rest) = m.strip_prefix("IDXD-INFO group0.0 engines=") {
+                r.group_engines = rest
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect();
             } else if let Some(rest) = m.strip_prefix("IDXD-LIST ") {
                 r.list.push(rest.to_string());
             } else if let Some(rest) = m.strip_prefix("IDXD-VERDICT ") {
@@ -269,6 +278,20 @@ impl IdxdReport {
         self.dmatest_bytes.iter().find(|b| b.case == case)
     }
 
+    /// The guest's wall time of one passed dmatest case: from `echo 1 > run` to the return of
+    /// `cat wait` (`elapsed_from=` and `ended=` of its OK step, /proc/uptime, 10 ms steps).
+    pub fn dmatest_seconds(&self, case: &str) -> Option<f64> {
+        let step = self.step(&format!("dmatest:{case}"))?;
+        let field = |k: &str| {
+            step.text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let (t0, t1) = (field("elapsed_from=")?, field("ended=")?);
+        (t1 >= t0).then_some(t1 - t0)
+    }
+
     /// The dmatest case names, in the order they first appear among the steps.
     pub fn dmatest_cases(&self) -> Vec<&str> {
         self.steps
@@ -293,7 +316,8 @@ mod tests {
          dma0chan0-copy0: summary 200 tests, 0 failures 512.33 iops 1024 KB/s (0)",
         "IDXD-DMATEST-BYTES case=t1-4k passed=200 bytes=409600",
         "IDXD-DMATEST-BYTES case=bad passed=x bytes=1",
-        "IDXD-STEP dmatest:t1-4k OK uptime=6.00 threads=1",
+        "IDXD-STEP dmatest:t1-4k OK uptime=6.00 threads=1 elapsed_from=4.25 ended=5.75",
+        "IDXD-INFO group0.0 engines=engine0.0,engine0.1",
         "IDXD-INFO irq  26:          0          2  PCI-MSIX-0000:00:01.0   0-edge      idxd-misc",
         "IDXD-INFO irq  27:        526          3  PCI-MSIX-0000:00:01.0   1-edge      idxd-portal",
         "IDXD-STEP disable-wq FAIL uptime=7.00 (accel-config disable-wq dsa0/wq0.0 exited 1)",
@@ -331,6 +355,9 @@ mod tests {
         assert_eq!(r.oops.len(), 1);
         assert!(r.idxd_errors().is_empty());
         assert_eq!(r.portal_irqs, Some(529));
+        assert_eq!(r.dmatest_seconds("t1-4k"), Some(1.5));
+        assert_eq!(r.dmatest_seconds("t2-64k"), None);
+        assert_eq!(r.group_engines, vec!["engine0.0", "engine0.1"]);
     }
 
     #[test]

@@ -252,6 +252,7 @@ pub struct NestedVm {
     qemu: Option<PathBuf>,
     qemu_firmware: Option<PathBuf>,
     vfio_user: Option<PathBuf>,
+    l1_cpus: Option<u32>,
 }
 
 impl Default for NestedVm {
@@ -316,7 +317,15 @@ impl NestedVm {
             qemu: None,
             qemu_firmware: None,
             vfio_user: None,
+            l1_cpus: None,
         }
+    }
+
+    /// L1's vCPUs (QEMU `-smp`; default 1). More than one runs TCG multi-threaded, so that
+    /// dsavmm's vCPU and engine threads in L1 can run at the same time.
+    pub fn l1_cpus(mut self, n: u32) -> Self {
+        self.l1_cpus = Some(n);
+        self
     }
 
     /// The dsavmm binary (see [`crate::dsavmm_binary`]); it becomes `/bin/dsavmm` in L1.
@@ -559,6 +568,9 @@ impl NestedVm {
         }
         if let Some(fw) = &self.qemu_firmware {
             build.env("DSAVMM_RIG_QEMU_FW", fw);
+        }
+        if let Some(n) = self.l1_cpus {
+            build.env("DSAVMM_RIG_SMP", n.to_string());
         }
         let built = build.output().map_err(|e| {
             RigError::new(

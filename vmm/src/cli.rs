@@ -118,7 +118,8 @@ pub struct MachineArgs {
     #[arg(long, default_value = "stdout")]
     pub serial: SerialMode,
     /// Attach a virtual DSA: `backend=software[,wqs=N][,engines=N][,groups=N][,wq-size=N]`
-    /// (also `max-xfer-shift=21-26`, `max-batch-shift=5-10`; the two sum to at most 31), or
+    /// (also `max-xfer-shift=21-26`, `max-batch-shift=5-10`; the two sum to at most 31;
+    /// `exec=workers|inline`: engine threads, the default, or in the vCPU's exit), or
     /// `backend=vfio-user,socket=PATH[,portal=mapped|trapped]` for one a `dsavmm dsa-server`
     /// serves, or `backend=vfio,device=BDF[,wqs=LIST]` for physical WQs of a DSA bound to
     /// vfio-pci (repeatable: one PCI device each).

@@ -315,6 +315,7 @@ mod tests {
             // The largest of each whose sum is allowed (MAX_WORK_SHIFT).
             max_xfer_shift: narrow(l::MAX_WORK_SHIFT - l::MAX_BATCH_SHIFT),
             max_batch_shift: narrow(l::MAX_BATCH_SHIFT),
+            ..DsaConfig::default()
         };
         let widest = DsaConfig {
             max_xfer_shift: narrow(l::MAX_WORK_SHIFT - l::MIN_BATCH_SHIFT),
@@ -339,6 +340,7 @@ mod tests {
             total_wq_size: 1,
             max_xfer_shift: narrow(l::MIN_XFER_SHIFT),
             max_batch_shift: narrow(l::MIN_BATCH_SHIFT),
+            ..DsaConfig::default()
         };
         assert!(max.validate().is_ok());
         assert!(min.validate().is_ok());

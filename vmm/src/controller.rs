@@ -91,6 +91,10 @@ pub fn dsa_config_from_api(c: &DsaDeviceConfig) -> Result<DsaSpec, ApiError> {
             .map_err(|_| ApiError::BadRequest("total_wq_size is out of range".into()))?,
         max_xfer_shift: narrow(c.max_xfer_shift, "max_xfer_shift")?,
         max_batch_shift: narrow(c.max_batch_shift, "max_batch_shift")?,
+        exec: match c.exec.unwrap_or_default() {
+            api::types::DsaExecution::Workers => devices::dsa::Execution::Workers,
+            api::types::DsaExecution::Inline => devices::dsa::Execution::Inline,
+        },
     };
     cfg.validate()
         .map_err(|e| ApiError::BadRequest(format!("invalid DSA configuration: {e}")))?;
@@ -110,6 +114,10 @@ pub fn dsa_config_to_api(spec: &DsaSpec) -> DsaDeviceConfig {
             max_batch_shift: c.max_batch_shift.into(),
             socket: None,
             portal: None,
+            exec: Some(match c.exec {
+                devices::dsa::Execution::Workers => api::types::DsaExecution::Workers,
+                devices::dsa::Execution::Inline => api::types::DsaExecution::Inline,
+            }),
         },
         DsaSpec::VfioUser { socket, portal } => DsaDeviceConfig {
             backend: DsaBackend::VfioUser,
@@ -484,7 +492,7 @@ impl Controller {
             serial: self.serial.clone(),
             dsa,
         };
-        let mut vm = Vm::build(&spec, self.force_movdir64b, self.exit.clone())?;
+        let mut vm = Vm::build(&spec, self.force_movdir64b, self.exit.clone(), self.seccomp)?;
         vm.start(self.seccomp)?;
         *self.serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm.serial.clone());
         self.vm = Some(vm);
@@ -548,7 +556,7 @@ impl Controller {
             .zip(&vm.dsa)
             .map(|((id, _), d)| (id.clone(), d.stats()))
             .collect();
-        let scalar: [(&str, &str, StatGetter); 11] = [
+        let scalar: [(&str, &str, StatGetter); 13] = [
             (
                 "dsavmm_dsa_descriptors_total",
                 "descriptors executed or rejected",
@@ -592,11 +600,35 @@ impl Controller {
             ("dsavmm_dsa_command_errors_total", "failed commands", |s| {
                 s.command_errors
             }),
+            (
+                "dsavmm_dsa_inline_descriptors_total",
+                "descriptors executed in the thread that wrote the portal (a vCPU exit)",
+                |s| s.inline_descriptors,
+            ),
+            (
+                "dsavmm_dsa_commands_while_active_total",
+                "CMD writes ignored while a command was active",
+                |s| s.commands_while_active,
+            ),
         ];
         for (name, help, get) in scalar {
             out.push_str(&prometheus_header(name, help, "counter"));
             for (id, s) in &stats {
                 out.push_str(&prometheus_line(name, &[("device", id)], get(s)));
+            }
+        }
+        out.push_str(&prometheus_header(
+            "dsavmm_dsa_engine_descriptors_total",
+            "descriptors each engine worker executed",
+            "counter",
+        ));
+        for (id, s) in &stats {
+            for (e, n) in s.engine_descriptors.iter().enumerate() {
+                out.push_str(&prometheus_line(
+                    "dsavmm_dsa_engine_descriptors_total",
+                    &[("device", id), ("engine", &e.to_string())],
+                    *n,
+                ));
             }
         }
         out.push_str(&prometheus_header(

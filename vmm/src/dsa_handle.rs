@@ -21,10 +21,17 @@ pub enum DsaHandle {
 
 impl DsaHandle {
     /// Work the VMM's event loop does for the device: a mediated DSA's physical software
-    /// errors are forwarded to the guest (`VfioDsa::poll_misc`); nothing for the others.
+    /// errors are forwarded to the guest (`VfioDsa::poll_misc`); nothing for the others. A
+    /// device busy with a vCPU (a mediated command can take seconds) is left for the next
+    /// tick: the event loop never waits for it, and the guest's own SWERR/INTCAUSE reads poll
+    /// too.
     pub fn poll(&self) {
         if let DsaHandle::Vfio(d) = self {
-            d.lock().unwrap_or_else(|e| e.into_inner()).poll_misc();
+            match d.try_lock() {
+                Ok(mut d) => d.poll_misc(),
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().poll_misc(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arch::layout;
 use devices::bus::Bus;
-use devices::dsa::DsaDevice;
+use devices::dsa::{DsaDevice, Execution};
 use devices::legacy::{
     i8042::I8042, serial::SerialConsole, sleep::AcpiSleep, status_port::StatusPort, ExitReason,
     ExitSignal,
@@ -123,11 +123,13 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, VmError> {
 }
 
 impl Vm {
-    /// Builds a VM from `spec`: everything short of starting the vCPUs.
+    /// Builds a VM from `spec`: everything short of starting the vCPUs. DSA engine worker
+    /// threads start here, under the vCPU filter of `seccomp`.
     pub fn build(
         spec: &VmSpec,
         force_movdir64b: bool,
         exit: Arc<ExitSignal>,
+        seccomp: SeccompMode,
     ) -> Result<Self, VmError> {
         check_memory(spec.memory_mib, host_memory_mib())?;
         check_cmdline(&spec.cmdline)?;
@@ -255,7 +257,7 @@ impl Vm {
         )
         .map_err(dev_err("status port"))?;
 
-        let dsa = attach_dsa_devices(&vm_fd, &mem, &pio, &mmio, &spec.dsa, &exit)?;
+        let dsa = attach_dsa_devices(&vm_fd, &mem, &pio, &mmio, &spec.dsa, &exit, seccomp)?;
 
         // vCPUs.
         let supported = kvm
@@ -441,6 +443,7 @@ fn attach_dsa_devices(
     mmio: &Arc<Bus>,
     specs: &[DsaSpec],
     exit: &Arc<ExitSignal>,
+    seccomp: SeccompMode,
 ) -> Result<Vec<DsaHandle>, VmError> {
     let windows = PciWindows {
         mmio32_start: layout::MMIO_32_START,
@@ -471,10 +474,22 @@ fn attach_dsa_devices(
         let (handle, dev): (DsaHandle, SharedPciDevice) = match spec {
             DsaSpec::Software(cfg) => {
                 let sink = sink_for(cfg.msix_vectors())?;
-                let d = Arc::new(Mutex::new(
-                    DsaDevice::new(*cfg, guest_mem.clone(), sink)
-                        .map_err(|e| VmError::Device("DSA", e.to_string()))?,
-                ));
+                let d = match cfg.exec {
+                    Execution::Inline => DsaDevice::new(*cfg, guest_mem.clone(), sink)
+                        .map(|d| Arc::new(Mutex::new(d))),
+                    Execution::Workers => {
+                        // The workers run what vCPU threads ran before them (the engine over
+                        // guest memory, irqfd writes), so they get the vCPU filter.
+                        let init = Arc::new(move || {
+                            if let Err(e) = Filter::new(ThreadKind::Vcpu, seccomp).install() {
+                                tracing::error!("DSA engine thread: {e}");
+                            }
+                        });
+                        DsaDevice::with_engine_workers(*cfg, guest_mem.clone(), sink, init)
+                            .map(|(d, _pool)| d)
+                    }
+                }
+                .map_err(|e| VmError::Device("DSA", e.to_string()))?;
                 (DsaHandle::Local(d.clone()), d)
             }
             DsaSpec::VfioUser { socket, portal } => {

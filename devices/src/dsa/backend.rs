@@ -1,9 +1,10 @@
 //! The backend seam: who executes descriptors once the front end has accepted them.
 //!
 //! The front end (registers, WQ state, portals, MSI-X) is the same for every backend. The
-//! [`SoftwareBackend`] runs the software engine synchronously over guest memory; a mediated
-//! backend (a physical DSA WQ through VFIO) would queue and report completions later through
-//! [`DsaBackend::drain`].
+//! [`SoftwareBackend`] runs the software engine synchronously over guest memory (the
+//! `exec=inline` device and `dsa-server`); [`super::workers::WorkerBackend`] queues for engine
+//! threads and reports completions through [`DsaBackend::completed`]; the mediated backend (a
+//! physical DSA WQ through VFIO) posts to the hardware, which writes its own records.
 
 use std::sync::Arc;
 
@@ -63,7 +64,30 @@ pub trait DsaBackend: Send {
     fn occupancy(&self, _wq: usize) -> u16 {
         0
     }
-    /// Waits for all queued work of `wqs` and returns its outcomes (records already written).
+    /// The number the next descriptor submitted to `wq` gets (submission order). With
+    /// [`DsaBackend::oldest_outstanding`] the front end tells when everything submitted before
+    /// a command has finished. A backend that finishes work within `submit` or `drain` keeps
+    /// the default.
+    fn next_seq(&self, _wq: usize) -> u64 {
+        0
+    }
+    /// The number of the oldest descriptor of `wq` not finished yet (queued or executing);
+    /// `None` when nothing is outstanding.
+    fn oldest_outstanding(&self, _wq: usize) -> Option<u64> {
+        None
+    }
+    /// Takes the outcomes of descriptors that finished since the last call, in completion
+    /// order (records already written). For a backend that completes on its own threads.
+    fn completed(&mut self) -> Vec<(usize, Outcome)> {
+        Vec::new()
+    }
+    /// Descriptors each engine executed (empty when the backend has no engines of its own).
+    fn engine_descriptors(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// Returns the outcomes of `wqs`' queued work (records already written): a backend that
+    /// finishes work only when asked waits for it here; one with its own threads returns what
+    /// has finished, the front end having waited through `oldest_outstanding`.
     fn drain(&mut self, wqs: &[usize]) -> Vec<(usize, Outcome)>;
     /// Drops all queued work of `wqs` without completion records.
     fn abort(&mut self, wqs: &[usize]);
@@ -78,7 +102,7 @@ pub trait DmaMemory: Send + Sync {
 }
 
 /// Guest RAM that never changes (the in-process device).
-struct FixedMemory(Arc<GuestMemoryMmap<()>>);
+pub(crate) struct FixedMemory(pub(crate) Arc<GuestMemoryMmap<()>>);
 
 impl DmaMemory for FixedMemory {
     fn snapshot(&self) -> Arc<GuestMemoryMmap<()>> {

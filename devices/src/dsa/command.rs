@@ -1,9 +1,14 @@
 //! The command interface: CMD / CMDSTS (docs/dsa-device-model.md §4).
 //!
-//! Commands run synchronously inside the MMIO write: CMDSTS reads "active" (bit 31) during
-//! execution, then holds `err | result << 8`. Only when CMD bit 31 (int_req) was set does the
-//! device set INTCAUSE bit 1 and send MSI-X vector 0 (traps 4 and 5); the probe reset
-//! (0x0050_0000) is polled and must not raise anything.
+//! A command runs inside the MMIO write unless it must wait for descriptors submitted before
+//! it that are still queued or executing on engine workers (drains, aborts, disables and
+//! resets, section 4.2): then CMDSTS reads "active" (bit 31) and the command stays pending
+//! until the reap after the last of them ([`DsaDevice::reap`]); nothing blocks meanwhile.
+//! Aborts drop the queued ones first and wait only for those on an engine; disables and
+//! resets refuse new descriptors for their WQs while they wait. A CMD write while a command is
+//! active is ignored and counted. When a command ends CMDSTS holds `err | result << 8`. Only
+//! when CMD bit 31 (int_req) was set does the device set INTCAUSE bit 1 and send MSI-X vector
+//! 0 (traps 4 and 5); the probe reset (0x0050_0000) is polled and must not raise anything.
 
 use super::backend::Mirror;
 use super::regs::{Registers, INTCAUSE_CMD, STATE_DISABLED, STATE_ENABLED, TOTAL_RDBUFS};
@@ -102,11 +107,101 @@ pub fn wq_set(operand: u32, num_wqs: usize) -> Result<Vec<usize>, u8> {
     Ok(v)
 }
 
+/// A command waiting for the descriptors submitted before it.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    cmd: u32,
+    /// Each WQ it waits for, with the number its next descriptor had when the command came.
+    marks: Vec<(usize, u64)>,
+    /// The command disables or resets these WQs: portal writes to them are dropped meanwhile.
+    closing: bool,
+}
+
+impl Pending {
+    /// Whether a portal write to `wq` must be dropped while this command waits.
+    pub(crate) fn closes(&self, wq: usize) -> bool {
+        self.closing && self.marks.iter().any(|(w, _)| *w == wq)
+    }
+}
+
 impl DsaDevice {
-    /// Executes a CMD register write.
+    /// Executes a CMD register write, or leaves it pending (CMDSTS active) while work it must
+    /// wait for is outstanding.
     pub(crate) fn write_cmd(&mut self, cmd: u32) {
+        if self.pending.is_some() {
+            self.stats.commands_while_active += 1;
+            tracing::debug!("DSA CMD {cmd:#010x} ignored: a command is active");
+            return;
+        }
         self.regs.cmd = cmd;
         self.regs.cmdsts = CMDSTS_ACTIVE;
+        if let Some((wqs, abort, closing)) = self.waits_for(cmd) {
+            if abort {
+                self.backend.abort(&wqs);
+            }
+            let marks = wqs.iter().map(|&w| (w, self.backend.next_seq(w))).collect();
+            let p = Pending {
+                cmd,
+                marks,
+                closing,
+            };
+            if self.outstanding(&p) {
+                tracing::debug!("DSA CMD {cmd:#010x} waits for the work before it");
+                self.pending = Some(p);
+                return;
+            }
+        }
+        self.finish_cmd(cmd);
+    }
+
+    /// Finishes the pending command once the work before it is done.
+    pub(crate) fn finish_pending(&mut self) {
+        let Some(p) = &self.pending else {
+            return;
+        };
+        if self.outstanding(p) {
+            return;
+        }
+        let cmd = p.cmd;
+        self.pending = None;
+        self.finish_cmd(cmd);
+    }
+
+    /// Whether a descriptor submitted before `p` is still queued or executing.
+    fn outstanding(&self, p: &Pending) -> bool {
+        p.marks.iter().any(|&(w, mark)| {
+            self.backend
+                .oldest_outstanding(w)
+                .is_some_and(|oldest| oldest < mark)
+        })
+    }
+
+    /// The WQs command `cmd` waits for before it runs, whether it aborts their queued work
+    /// first, and whether it closes them to new descriptors meanwhile.
+    fn waits_for(&self, cmd: u32) -> Option<(Vec<usize>, bool, bool)> {
+        if cmd & CMD_RESERVED != 0 {
+            return None;
+        }
+        let op = (cmd >> 20) & 0x1f;
+        let n = self.tables.wqs.len();
+        let all = || (0..n).collect::<Vec<_>>();
+        match op {
+            code::DISABLE_DEVICE if self.regs.state == STATE_ENABLED => Some((all(), false, true)),
+            code::DRAIN_ALL | code::DRAIN_PASID => Some((all(), false, false)),
+            code::ABORT_ALL | code::ABORT_PASID => Some((all(), true, false)),
+            code::RESET_DEVICE => Some((all(), true, true)),
+            code::DISABLE_WQ | code::DRAIN_WQ | code::ABORT_WQ | code::RESET_WQ => {
+                let set = wq_set(cmd & 0xf_ffff, n).ok()?;
+                let abort = matches!(op, code::ABORT_WQ | code::RESET_WQ);
+                let closing = matches!(op, code::DISABLE_WQ | code::RESET_WQ);
+                Some((set, abort, closing))
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs command `cmd` and ends it: CMDSTS, the counters, the completion interrupt.
+    fn finish_cmd(&mut self, cmd: u32) {
         let op = (cmd >> 20) & 0x1f;
         let operand = cmd & 0xf_ffff;
         let (err, result) = if cmd & CMD_RESERVED != 0 {

@@ -4,15 +4,18 @@
 //!
 //! - PCI: class 0x088000, BAR0 (64 KiB, 64-bit prefetchable: registers, tables, MSI-X table at
 //!   0x2000 and PBA at 0x3000), BAR2 (portals, 16 KiB per WQ), an MSI-X capability with
-//!   num_wqs + 1 vectors (trap 6). No PCIe/PASID/ATS/PRI capabilities (section 1.5 \[R\]).
+//!   num_wqs + 1 vectors (trap 6; a mediated device has the physical count, at most 32). No PCIe/PASID/ATS/PRI capabilities (section 1.5 \[R\]).
 //! - BAR0 registers: [`regs`]; GRPCFG/WQCFG: [`config`]; commands: [`command`]; portals and
 //!   descriptor intake: [`portal`]; execution: [`backend`].
 //! - Completion: the backend writes the completion record (status byte last), then the front end
 //!   sends MSI-X entry `int_handle` (trap 7). Descriptor completions never touch INTCAUSE
 //!   (section 5).
 //!
-//! Locking: the device lives in one `Mutex` (it is a [`PciDevice`]); portal writes execute
-//! synchronously in the vCPU's MMIO exit under that lock.
+//! Locking: the device lives in one `Mutex` (it is a [`PciDevice`]). With engine workers
+//! ([`workers`], `exec=workers`, the default) a portal write in the vCPU's MMIO exit only
+//! validates and queues; the workers execute with no lock held and take the lock only to
+//! signal a completion ([`DsaDevice::reap`]). With `exec=inline` (and in `dsa-server`) the
+//! descriptor executes in the submitting thread under that lock.
 
 pub mod backend;
 pub mod command;
@@ -21,6 +24,7 @@ pub mod descriptor;
 pub mod engine;
 pub mod portal;
 pub mod regs;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,8 +44,9 @@ use regs::{Caps, Registers, GENCTRL_SOFTERR_INT_EN, INTCAUSE_SWERR, STATE_ENABLE
 pub const DSA_VENDOR_ID: u16 = 0x8086;
 /// PCI device ID matched by idxd as DSA_SPR0 (section 1.1).
 pub const DSA_DEVICE_ID: u16 = 0x0b25;
-/// The most MSI-X vectors a vDSA has: the table's 4 KiB of BAR0 (16 bytes per entry).
-pub const MAX_MSIX_VECTORS: u16 = 256;
+/// The most MSI-X vectors a vDSA has: MSIX_PERM's room in BAR0 (8 bytes per vector from
+/// 0x300 up to GRPCFG at 0x400), 32. The MSI-X table itself would hold 256.
+pub const MAX_MSIX_VECTORS: u16 = ((regs::GRPCFG_OFFSET - regs::MSIX_PERM_OFFSET) / 8) as u16;
 /// PCI class: system peripheral, other (section 1.2).
 pub const DSA_CLASS: u32 = 0x08_8000;
 /// BAR index of the registers.
@@ -56,6 +61,17 @@ pub const BAR_PORTALS: usize = 2;
 /// long one guest store can hold that vCPU, this device's other users and the API
 /// (docs/dsa-device-model.md §15); without it 2 GiB x 1024 = 2 TiB would be allowed.
 pub const MAX_WORK_SHIFT: u8 = 31;
+
+/// Where the software engine executes descriptors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Execution {
+    /// On one worker thread per engine; the portal write only queues (the default).
+    #[default]
+    Workers,
+    /// In the thread that wrote the portal (a vCPU's exit), under the device lock.
+    Inline,
+}
 
 /// Geometry of a vDSA (the CLI's `--dsa backend=software,wqs=N,...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -73,6 +89,8 @@ pub struct DsaConfig {
     pub max_xfer_shift: u8,
     /// log2 of the device max batch size, 5..=10 (trap 11: at least 32; real DSA: 10).
     pub max_batch_shift: u8,
+    /// Where descriptors execute (`exec=workers|inline`).
+    pub exec: Execution,
 }
 
 impl Default for DsaConfig {
@@ -85,6 +103,7 @@ impl Default for DsaConfig {
             total_wq_size: 128,
             max_xfer_shift: 21,
             max_batch_shift: 10,
+            exec: Execution::Workers,
         }
     }
 }
@@ -169,7 +188,7 @@ impl std::str::FromStr for DsaConfig {
     type Err = DsaConfigError;
 
     /// Parses the CLI form `backend=software,wqs=8,engines=4,groups=4,wq_size=128,
-    /// max_xfer_shift=21,max_batch_shift=10` (every key optional, defaults from
+    /// max_xfer_shift=21,max_batch_shift=10,exec=workers` (every key optional, defaults from
     /// [`DsaConfig::default`]; `backend` must be `software`), then validates.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut c = DsaConfig::default();
@@ -193,6 +212,13 @@ impl std::str::FromStr for DsaConfig {
                 "wq_size" | "wq-size" | "total_wq_size" => c.total_wq_size = num(v)?,
                 "max_xfer_shift" | "max-xfer-shift" => c.max_xfer_shift = byte(v)?,
                 "max_batch_shift" | "max-batch-shift" => c.max_batch_shift = byte(v)?,
+                "exec" => {
+                    c.exec = match v {
+                        "workers" => Execution::Workers,
+                        "inline" => Execution::Inline,
+                        _ => return Err(DsaConfigError::Parse(kv.to_string())),
+                    }
+                }
                 _ => return Err(DsaConfigError::Parse(kv.to_string())),
             }
         }
@@ -210,6 +236,9 @@ pub enum DsaError {
     /// PCI configuration space could not be built.
     #[error("PCI: {0}")]
     Pci(#[from] PciError),
+    /// An engine worker thread could not be started.
+    #[error("cannot start a DSA engine thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Device counters (for the API; a vfio-user client reads them back from the server).
@@ -244,6 +273,13 @@ pub struct DsaStats {
     pub command_errors: u64,
     /// BAR0 accesses of an unsupported size or alignment.
     pub bad_register_accesses: u64,
+    /// Descriptors executed in the thread that wrote the portal (a vCPU's MMIO exit for the
+    /// in-process device): all of them with `exec=inline`, none with engine workers.
+    pub inline_descriptors: u64,
+    /// Descriptors each engine worker executed (empty with `exec=inline`).
+    pub engine_descriptors: Vec<u64>,
+    /// CMD writes ignored because a command was still active (CMDSTS bit 31).
+    pub commands_while_active: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -330,6 +366,8 @@ pub struct DsaDevice {
     pub(crate) regs: Registers,
     pub(crate) tables: Tables,
     pub(crate) backend: Box<dyn DsaBackend>,
+    /// A command waiting for work submitted before it (CMDSTS active), see `command.rs`.
+    pub(crate) pending: Option<command::Pending>,
     stats: Counters,
 }
 
@@ -353,7 +391,7 @@ impl DsaDevice {
     }
 
     /// A vDSA with any backend and an MSI-X table of `vectors` entries: at least num_wqs + 1
-    /// (trap 6: the driver needs that many and accepts more), at most 256 (the table's 4 KiB).
+    /// (trap 6: the driver needs that many and accepts more), at most [`MAX_MSIX_VECTORS`].
     /// A mediated device has as many as the physical one, so that an interrupt handle is valid
     /// exactly when the hardware that checks it says so.
     pub fn with_backend_and_vectors(
@@ -406,6 +444,7 @@ impl DsaDevice {
                 usize::from(cfg.engines),
             ),
             backend,
+            pending: None,
             stats: Counters::default(),
         })
     }
@@ -433,6 +472,7 @@ impl DsaDevice {
     /// Counters.
     pub fn stats(&self) -> DsaStats {
         let mut s = self.stats.base.clone();
+        s.engine_descriptors = self.backend.engine_descriptors();
         for (op, n) in self.stats.by_opcode.iter().enumerate() {
             if *n > 0 {
                 let name = engine::opcode_name(op as u8);
@@ -499,6 +539,21 @@ impl DsaDevice {
         if self.regs.genctrl & GENCTRL_SOFTERR_INT_EN != 0 {
             self.raise_misc(INTCAUSE_SWERR);
         }
+    }
+
+    /// Signals the descriptors the backend finished on its own threads, refreshes the WQs'
+    /// occupancy, and finishes a pending command whose work is done. The engine workers call
+    /// it (under the device lock) after each descriptor.
+    pub fn reap(&mut self) {
+        for (wq, out) in self.backend.completed() {
+            self.complete(wq, out);
+        }
+        for (i, w) in self.tables.wqs.iter_mut().enumerate() {
+            if w.enabled {
+                w.occupancy = self.backend.occupancy(i);
+            }
+        }
+        self.finish_pending();
     }
 
     /// Accounts a finished descriptor of `wq` and signals it: SWERR if the engine could not use

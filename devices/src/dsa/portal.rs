@@ -12,7 +12,8 @@
 //!   dropped and reported in SWERR with wq_idx valid \[R, section 10.1\].
 //! - A dedicated WQ that is full (occupancy = size) drops the descriptor silently, as a
 //!   dedicated WQ gives no feedback to MOVDIR64B; it is counted in the stats.
-//! - Bus mastering off: the device cannot DMA; the descriptor is dropped and counted.
+//! - Bus mastering off: the device cannot DMA; the descriptor is dropped and counted. So is one
+//!   for a WQ that a pending DISABLE_WQ, RESET_WQ, DISABLE_DEVICE or RESET_DEVICE closes.
 //! - RCI with an interrupt handle outside the MSI-X table, or from an IMS page (no IMS here),
 //!   completes with status 0x19 "invalid interrupt handle" (section 5).
 
@@ -91,7 +92,7 @@ impl DsaDevice {
             self.report_swerr(q0, 0, 0);
             return;
         }
-        if !self.pci.bus_master_enabled() {
+        if !self.pci.bus_master_enabled() || self.pending.as_ref().is_some_and(|c| c.closes(p.wq)) {
             self.stats.dropped_portal_writes += 1;
             return;
         }
@@ -126,10 +127,14 @@ impl DsaDevice {
             return;
         }
         match self.backend.submit(p.wq, raw, &limits) {
-            Submitted::Done(out) => self.complete(p.wq, out),
+            Submitted::Done(out) => {
+                self.stats.inline_descriptors += 1;
+                self.complete(p.wq, out);
+            }
             Submitted::Queued => {
+                let n = self.backend.occupancy(p.wq);
                 if let Some(w) = self.tables.wqs.get_mut(p.wq) {
-                    w.occupancy = w.occupancy.saturating_add(1);
+                    w.occupancy = n;
                 }
             }
         }

@@ -209,8 +209,17 @@ fn config_validation() {
             groups: 1,
             total_wq_size: 32,
             max_xfer_shift: 22,
-            max_batch_shift: 5
+            max_batch_shift: 5,
+            exec: Execution::Workers,
         })
+    );
+    assert_eq!(
+        "exec=inline".parse::<DsaConfig>().map(|c| c.exec),
+        Ok(Execution::Inline)
+    );
+    assert_eq!(
+        "exec=threads".parse::<DsaConfig>(),
+        Err(DsaConfigError::Parse("exec=threads".into()))
     );
     assert_eq!("wqs=9".parse::<DsaConfig>(), Err(DsaConfigError::Wqs(9)));
     assert!(matches!(
@@ -304,6 +313,7 @@ fn capability_registers() {
         total_wq_size: 32,
         max_xfer_shift: 26,
         max_batch_shift: 5,
+        exec: Execution::Inline,
     });
     assert_eq!(g.r64(WQCAP) & 0xff_ffff, 0x02_0020);
     assert_eq!(g.r64(GRPCAP) & 0xff, 1);

@@ -47,6 +47,8 @@ pub fn guest_config(
         total_wq_size: caps.total_wq_size.min(128).max(wqs.min(128) as u16),
         max_xfer_shift: xfer,
         max_batch_shift: caps.max_batch_shift.clamp(5, 10).min(31 - xfer),
+        // Not used: the hardware executes.
+        exec: crate::dsa::Execution::Inline,
     };
     cfg.validate()
         .map_err(|e| VfioError::Front(format!("{e} (device geometry {caps:?})")))?;
@@ -207,22 +209,28 @@ impl VfioDsa {
     /// GENCTRL asks for one (`super::swerr`). The VMM's event loop calls this at least every
     /// 200 ms, and the guest's reads of INTCAUSE and SWERR call it first.
     pub fn poll_misc(&mut self) {
-        if !self
-            .parked
-            .first()
-            .is_some_and(|fd| fd.read().is_ok_and(|n| n > 0))
-        {
-            return;
+        // The eventfd only says the vector fired; SWERR.valid is what counts (an error logged
+        // after an earlier take fires again, but checking costs two register reads).
+        if let Some(fd) = self.parked.first() {
+            let _ = fd.read();
         }
-        let Some(q) = PhysicalPort::take_swerr(&*self.phys) else {
-            return;
-        };
+        // A few entries at most per call: each take clears one, a guest's faulty stream could
+        // otherwise keep this loop going.
+        for _ in 0..4 {
+            let Some(q) = PhysicalPort::take_swerr(&*self.phys) else {
+                return;
+            };
+            self.forward_swerr(q);
+        }
+    }
+
+    fn forward_swerr(&mut self, q: [u64; 4]) {
         match swerr::translate(q, &self.wqs) {
             Forward::Guest(q0, q1, addr) => {
                 self.counters
                     .swerrs_forwarded
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
+                tracing::debug!(
                     "physical DSA {}: software error {q0:#x} {q1:#x} at {addr:#x} forwarded",
                     self.phys.bdf()
                 );
@@ -230,10 +238,17 @@ impl VfioDsa {
             }
             Forward::Foreign(wq) => {
                 self.counters.swerrs_foreign.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
+                tracing::debug!(
                     "physical DSA {}: software error on WQ {wq}, which this guest was not given",
                     self.phys.bdf()
                 );
+            }
+            Forward::Lost => {
+                if let Some(q0) = self.front.regs.swerr.first_mut() {
+                    if *q0 & swerr::SWERR_VALID != 0 {
+                        *q0 |= swerr::SWERR_OVERFLOW;
+                    }
+                }
             }
             Forward::Nothing => {}
         }
@@ -428,7 +443,11 @@ mod tests {
         };
         assert_eq!(guest_vectors(9, &cfg), 9, "a real DSA: 8 WQs + 1");
         assert_eq!(guest_vectors(2, &cfg), 3, "never fewer than the WQs need");
-        assert_eq!(guest_vectors(2049, &cfg), 256, "the table's 4 KiB");
+        assert_eq!(
+            guest_vectors(2049, &cfg),
+            32,
+            "MSIX_PERM's room below GRPCFG"
+        );
     }
 
     #[test]

@@ -64,30 +64,39 @@ pub trait PhysicalPort: Send + Sync {
     fn w32(&self, off: u64, v: u32);
 
     /// Sets GENCTRL.softerr_int_en, so that a software error signals the physical vector 0.
+    /// A failed read (all ones) writes nothing: it would set every interrupt enable.
     fn enable_error_interrupts(&self) {
         let g = self.r32(regs::GENCTRL);
-        self.w32(regs::GENCTRL, g | regs::GENCTRL_SOFTERR_INT_EN);
+        if g != u32::MAX {
+            self.w32(regs::GENCTRL, g | regs::GENCTRL_SOFTERR_INT_EN);
+        }
     }
 
-    /// Takes the pending software error: SWERR's four qwords when INTCAUSE says there is one;
-    /// SWERR's valid/overflow bits and INTCAUSE are cleared (both RW1C), so the next error is
-    /// logged and signalled again.
+    /// Takes the pending software error: SWERR's four qwords when SWERR.valid says there is
+    /// one. INTCAUSE's software-error cause is acknowledged first, then SWERR is read and its
+    /// valid/overflow bits as read are cleared (both RW1C): an error logged after the read is
+    /// valid again (and signalled again), so it is never lost behind an acknowledged cause.
+    /// INTCAUSE's other causes are left as they are. An overflow left over from an error that
+    /// came between the read and the clear is returned as an entry with only overflow set.
     fn take_swerr(&self) -> Option<[u64; 4]> {
         let cause = self.r32(regs::INTCAUSE);
-        if cause == 0 || cause == u32::MAX {
-            return None;
+        if cause != u32::MAX && cause & regs::INTCAUSE_SWERR != 0 {
+            self.w32(regs::INTCAUSE, regs::INTCAUSE_SWERR);
         }
         let r64 = |off: u64| u64::from(self.r32(off)) | (u64::from(self.r32(off + 4)) << 32);
-        let q = (cause & regs::INTCAUSE_SWERR != 0)
-            .then(|| [0, 1, 2, 3].map(|i| r64(regs::SWERR + 8 * i)));
-        if let Some(q) = q {
-            self.w32(
-                regs::SWERR,
-                (q[0] & (super::swerr::SWERR_VALID | super::swerr::SWERR_OVERFLOW)) as u32,
-            );
+        let q0 = r64(regs::SWERR);
+        let flags = q0 & (super::swerr::SWERR_VALID | super::swerr::SWERR_OVERFLOW);
+        if q0 == u64::MAX || flags == 0 {
+            return None;
         }
-        self.w32(regs::INTCAUSE, cause);
-        q
+        let q = [
+            q0,
+            r64(regs::SWERR + 8),
+            r64(regs::SWERR + 16),
+            r64(regs::SWERR + 24),
+        ];
+        self.w32(regs::SWERR, flags as u32);
+        Some(q)
     }
 }
 

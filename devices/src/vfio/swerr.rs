@@ -29,16 +29,27 @@ pub enum Forward {
     Guest(u64, u64, u64),
     /// It names a physical WQ this guest was not given: not the guest's to see.
     Foreign(usize),
+    /// Not valid, overflow set: an error came while the last entry was being taken and only
+    /// its overflow was logged. The guest's entry, if valid, gets its overflow bit.
+    Lost,
     /// The entry is not valid.
     Nothing,
 }
+
+/// SWERR qword 1 fields the guest sees: batch index \[15:0\] and invalid flags \[63:32\]; the
+/// rest is reserved.
+const SWERR_Q1_PASSED: u64 = 0xffff_ffff_0000_ffff;
 
 /// Translates the physical SWERR `q` for the guest whose WQ `i` is physical WQ `wqs[i]`.
 /// An error without a WQ index is the device's own and this guest owns the device: it is
 /// passed on as such.
 pub fn translate(q: [u64; 4], wqs: &[usize]) -> Forward {
     if q[0] & SWERR_VALID == 0 {
-        return Forward::Nothing;
+        return if q[0] & SWERR_OVERFLOW != 0 {
+            Forward::Lost
+        } else {
+            Forward::Nothing
+        };
     }
     let mut q0 = q[0] & SWERR_Q0_PASSED;
     if q0 & SWERR_WQ_VALID != 0 {
@@ -48,7 +59,7 @@ pub fn translate(q: [u64; 4], wqs: &[usize]) -> Forward {
         };
         q0 = (q0 & !(0xff << SWERR_WQ_SHIFT)) | ((guest as u64) << SWERR_WQ_SHIFT);
     }
-    Forward::Guest(q0, q[1], q[2])
+    Forward::Guest(q0, q[1] & SWERR_Q1_PASSED, q[2])
 }
 
 #[cfg(test)]

@@ -17,7 +17,11 @@
 #        disable-wq disable-device reconfig reenable-device reenable-wq reenable-dma-channel dmatest:after-reenable
 #        final-disable.
 # Kernel command line knobs: rig.dmatest=1 (default) | 0 (skip dmatest: the CPU cannot execute
-# MOVDIR64B); rig.dmatest_scale=<n> multiplies the iteration counts (default 1).
+# MOVDIR64B); rig.dmatest_scale=<n> multiplies the iteration counts (default 1); rig.engines=<n> puts
+# engines 0..n-1 in the WQ's group (default 1); rig.cases=standard (default: the cases below) |
+# scaling (1 MiB copies, 128 in all, by 1, 2 and 4 threads: s1-1m s2-1m s4-1m; dmatest's
+# noverify=1, so that the guest CPU's fill and compare of every buffer do not set the pace: the
+# standard cases verify every byte).
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -27,10 +31,14 @@ exec 0</dev/console 1>/dev/console 2>&1
 
 DMATEST=1
 SCALE=1
+ENGINES=1
+CASES=standard
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rig.dmatest=*) DMATEST="${arg#rig.dmatest=}" ;;
         rig.dmatest_scale=*) SCALE="${arg#rig.dmatest_scale=}" ;;
+        rig.engines=*) ENGINES="${arg#rig.engines=}" ;;
+        rig.cases=*) CASES="${arg#rig.cases=}" ;;
     esac
 done
 
@@ -91,14 +99,19 @@ else
 fi
 
 WQ=dsa0/wq0.0
-# 3. Configuration (docs/dsa-device-model.md §12.2): one group, one engine, one dedicated kernel WQ,
-#    priority >= 1, driver name dmaengine, a non-empty name.
+# 3. Configuration (docs/dsa-device-model.md §12.2): one group, $ENGINES engine(s), one dedicated
+#    kernel WQ, priority >= 1, driver name dmaengine, a non-empty name.
 configure() {
-    accel-config config-engine dsa0/engine0.0 --group-id=0 &&
-        accel-config config-wq "$WQ" --group-id=0 --mode=dedicated --wq-size=16 --priority=10 \
-            --type=kernel --name=dmaengine --driver-name=dmaengine --max-transfer-size=2097152
+    local e=0
+    while [ $e -lt "$ENGINES" ]; do
+        accel-config config-engine "dsa0/engine0.$e" --group-id=0 || return 1
+        e=$((e + 1))
+    done
+    accel-config config-wq "$WQ" --group-id=0 --mode=dedicated --wq-size=16 --priority=10 \
+        --type=kernel --name=dmaengine --driver-name=dmaengine --max-transfer-size=2097152
 }
 run_cmd config configure || finish
+echo "IDXD-INFO group0.0 engines=$(attr group0.0/engines | tr ' ' ',')"
 echo "IDXD-INFO wq0.0 mode=$(attr wq0.0/mode) type=$(attr wq0.0/type) name=$(attr wq0.0/name) driver_name=$(attr wq0.0/driver_name) size=$(attr wq0.0/size) priority=$(attr wq0.0/priority) group_id=$(attr wq0.0/group_id) max_transfer_size=$(attr wq0.0/max_transfer_size)"
 
 enable_all() { # PREFIX
@@ -126,14 +139,16 @@ if [ $rc -eq 0 ] && echo "$list" | grep -q 'wq0.0' ; then ok list; else fail lis
 
 # 5. dmatest on the WQ's channel.
 P=/sys/module/dmatest/parameters
-# dmatest_case NAME THREADS BUF ITERS POLLED NORANDOM
+# dmatest_case NAME THREADS BUF ITERS POLLED NORANDOM [NOVERIFY]
 dmatest_case() {
     local name="$1" threads="$2" buf="$3" iters=$(($4 * SCALE)) polled="$5" norandom="$6" n sums i
+    local noverify="${7:-0}"
     echo "$threads" >$P/threads_per_chan
     echo "$buf" >$P/test_buf_size
     echo "$iters" >$P/iterations
     echo "$polled" >$P/polled
     echo "$norandom" >$P/norandom
+    echo "$noverify" >$P/noverify
     echo 1 >$P/max_channels
     echo 5000 >$P/timeout
     # One "test passed" line per test with its length (random sizes): the bytes the case moved.
@@ -142,11 +157,13 @@ dmatest_case() {
         fail "dmatest:$name" "(dmatest refused channel $CHAN)"
         return 1
     fi
-    local t0
+    local t0 t1
     t0="$(up)"
+    rm -f /tmp/dmatest-end
     echo 1 >$P/run
-    # `wait` blocks until every thread finished; a watchdog stops a hung test.
-    cat $P/wait >/dev/null &
+    # `wait` blocks until every thread finished (its return time is the case's end); a watchdog
+    # stops a hung test.
+    ( cat $P/wait >/dev/null; up >/tmp/dmatest-end ) &
     local waiter=$! s=0
     while kill -0 $waiter 2>/dev/null; do
         sleep 1
@@ -171,13 +188,14 @@ dmatest_case() {
     n=0
     echo "$sums" | grep -q . && n=$(echo "$sums" | wc -l)
     echo "$sums" | while IFS= read -r l; do
-        [ -n "$l" ] && echo "IDXD-DMATEST case=$name threads=$threads buf=$buf iters=$iters polled=$polled norandom=$norandom | $l"
+        [ -n "$l" ] && echo "IDXD-DMATEST case=$name threads=$threads buf=$buf iters=$iters polled=$polled norandom=$norandom noverify=$noverify | $l"
     done
     # Every thread must report `N tests, 0 failures` with N = iters.
     local bad
     bad="$(echo "$sums" | grep -v " summary $iters tests, 0 failures ")"
+    t1="$(cat /tmp/dmatest-end 2>/dev/null)"
     if [ "$n" -eq "$threads" ] && [ -z "$bad" ]; then
-        ok "dmatest:$name" "threads=$n elapsed_from=$t0"
+        ok "dmatest:$name" "threads=$n elapsed_from=$t0 ended=${t1:-?}"
     else
         fail "dmatest:$name" "(summaries=$n of $threads; mismatching: $bad)"
     fi
@@ -193,12 +211,18 @@ release_dmatest() {
 if [ "$DMATEST" = 1 ]; then
     if insmod /lib/modules/dmatest.ko; then
         ok dmatest-load
-        dmatest_case t1-4k 1 4096 200 0 0
-        dmatest_case t2-64k 2 65536 50 0 0
-        dmatest_case t4-16k 4 16384 50 0 0
-        dmatest_case t1-2m-max 1 2097152 8 0 1
-        dmatest_case t2-2m-max 2 2097152 4 0 1
-        dmatest_case polled 1 16384 100 1 0
+        if [ "$CASES" = scaling ]; then
+            dmatest_case s1-1m 1 1048576 128 0 1 1
+            dmatest_case s2-1m 2 1048576 64 0 1 1
+            dmatest_case s4-1m 4 1048576 32 0 1 1
+        else
+            dmatest_case t1-4k 1 4096 200 0 0
+            dmatest_case t2-64k 2 65536 50 0 0
+            dmatest_case t4-16k 4 16384 50 0 0
+            dmatest_case t1-2m-max 1 2097152 8 0 1
+            dmatest_case t2-2m-max 2 2097152 4 0 1
+            dmatest_case polled 1 16384 100 1 0
+        fi
         grep -i idxd /proc/interrupts | while IFS= read -r l; do echo "IDXD-INFO irq $l"; done
         release_dmatest
     else
