@@ -59,7 +59,7 @@ const STREAM_DST: u64 = 0x100_0000;
 /// Engine workers over `mem`, WQ 0 in group 0 with `engines` engines, as ENABLE_DEVICE leaves them.
 fn workers(mem: &Arc<GuestMemoryMmap<()>>, engines: usize) -> WorkerBackend {
     let (mut b, _pool) =
-        WorkerBackend::spawn(engines, 1, Arc::new(Ram(mem.clone())), Arc::new(|| {}))
+        WorkerBackend::spawn(engines, 1, Arc::new(Ram(mem.clone())), Arc::new(|| true))
             .expect("engine threads");
     let mut t = Tables::new(1, 1, engines);
     t.groups[0].wqs[0] = 1;

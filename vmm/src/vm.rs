@@ -480,9 +480,18 @@ fn attach_dsa_devices(
                     Execution::Workers => {
                         // The workers run what vCPU threads ran before them (the engine over
                         // guest memory, irqfd writes), so they get the vCPU filter.
+                        // A worker whose filter cannot be installed runs nothing and stops the
+                        // VM, as a vCPU thread does.
+                        let exit = exit.clone();
                         let init = Arc::new(move || {
-                            if let Err(e) = Filter::new(ThreadKind::Vcpu, seccomp).install() {
-                                tracing::error!("DSA engine thread: {e}");
+                            match Filter::new(ThreadKind::Vcpu, seccomp).install() {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    tracing::error!("DSA engine thread: {e}");
+                                    eprintln!("dsavmm: error: DSA engine thread: {e}");
+                                    exit.request(ExitReason::VcpuError);
+                                    false
+                                }
                             }
                         });
                         DsaDevice::with_engine_workers(*cfg, guest_mem.clone(), sink, init)

@@ -129,9 +129,17 @@ impl DsaDevice {
     /// wait for is outstanding.
     pub(crate) fn write_cmd(&mut self, cmd: u32) {
         if self.pending.is_some() {
-            self.stats.commands_while_active += 1;
-            tracing::debug!("DSA CMD {cmd:#010x} ignored: a command is active");
-            return;
+            // A device reset is taken at any time (the driver's probe and kexec paths write it
+            // without looking at CMDSTS, then poll it): it replaces the waiting command, whose
+            // end is never signalled. Anything else waits its turn.
+            if (cmd >> 20) & 0x1f == code::RESET_DEVICE && cmd & CMD_RESERVED == 0 {
+                tracing::debug!("DSA RESET_DEVICE replaces a pending command");
+                self.pending = None;
+            } else {
+                self.stats.commands_while_active += 1;
+                tracing::debug!("DSA CMD {cmd:#010x} ignored: a command is active");
+                return;
+            }
         }
         self.regs.cmd = cmd;
         self.regs.cmdsts = CMDSTS_ACTIVE;
@@ -302,6 +310,11 @@ impl DsaDevice {
     /// section 2.19 (PCI config space, the MSI-X table and PBA are untouched). Returns the
     /// backend's error (a mediated device's physical one); the reset happens regardless.
     fn reset_device(&mut self) -> u8 {
+        // What finished before the reset is signalled first (its records are written).
+        let all: Vec<usize> = (0..self.tables.wqs.len()).collect();
+        for (wq, out) in self.backend.drain(&all) {
+            self.complete(wq, out);
+        }
         let e = self.backend.mirror(Mirror::ResetDevice);
         self.backend.reset();
         self.regs.reset();
@@ -434,12 +447,18 @@ impl DsaDevice {
         }
     }
 
-    /// Cancels in-flight work on `wqs` without completion records.
+    /// Ends an abort of `wqs`: their queued work was dropped when the command came
+    /// (`write_cmd`, without records), and what finished before it is signalled now, so that
+    /// nothing of these WQs completes after the command. Descriptors submitted while the abort
+    /// waited are not dropped: they came after it.
     fn abort(&mut self, wqs: Vec<usize>) {
-        self.backend.abort(&wqs);
+        for (wq, out) in self.backend.drain(&wqs) {
+            self.complete(wq, out);
+        }
         for w in wqs {
+            let left = self.backend.occupancy(w);
             if let Some(q) = self.tables.wqs.get_mut(w) {
-                q.occupancy = 0;
+                q.occupancy = left;
             }
         }
     }

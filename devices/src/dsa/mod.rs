@@ -601,6 +601,12 @@ impl PciDevice for DsaDevice {
     }
 
     fn config_written(&mut self, reg: usize) {
+        // Bus mastering off (PCI command, dword 1): the device may not start DMA, so work no
+        // engine has taken is dropped (what runs finishes).
+        if reg == 1 && !self.pci.bus_master_enabled() {
+            let all: Vec<usize> = (0..self.tables.wqs.len()).collect();
+            self.backend.abort(&all);
+        }
         if reg == self.msix_cap / 4 {
             let ctrl = self.pci.read_word(self.msix_cap + 2);
             self.msix.set_control(ctrl);

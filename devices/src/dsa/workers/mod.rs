@@ -32,8 +32,9 @@ use sched::Sched;
 
 /// Called by a worker after each descriptor it finished, with no lock held.
 pub type Reaper = Box<dyn Fn() + Send + Sync>;
-/// Run first in every worker thread (the VMM installs its seccomp filter there).
-pub type ThreadInit = Arc<dyn Fn() + Send + Sync>;
+/// Run first in every worker thread (the VMM installs its seccomp filter there); `false`: the
+/// thread ends at once and executes nothing.
+pub type ThreadInit = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How long an engine that ran out of work watches for more before it sleeps, in spin-loop
 /// hints (a few microseconds): a guest streaming descriptors then hands each one over without
@@ -128,7 +129,11 @@ impl Shared {
                 &job.limits,
             );
             st = self.lock();
-            st.sched.finish(job.wq, job.seq);
+            if st.sched.finish(job.wq, job.seq) {
+                // A DRAIN just became ready: this engine takes it or the next job; an idle one
+                // may take the other.
+                self.wake_for(&mut st, job.wq);
+            }
             if let Some(n) = st.executed.get_mut(engine) {
                 *n += 1;
             }
@@ -210,8 +215,9 @@ impl WorkerBackend {
             let t = std::thread::Builder::new()
                 .name(format!("dsa-engine{e}"))
                 .spawn(move || {
-                    init();
-                    s.worker(e);
+                    if init() {
+                        s.worker(e);
+                    }
                 })?;
             backend.threads.push(t);
         }

@@ -139,8 +139,11 @@ impl Sched {
             .iter()
             .all(|&i| self.wqs.get(i).is_none_or(|q| q.credits == 0))
         {
-            for q in self.wqs.iter_mut() {
-                q.credits = u32::from(q.priority.max(1));
+            // A new round among the WQs this engine serves (not another group's).
+            for &i in &candidates {
+                if let Some(q) = self.wqs.get_mut(i) {
+                    q.credits = u32::from(q.priority.max(1));
+                }
             }
         }
         // The first candidate (in round-robin order) with the most credits.
@@ -181,7 +184,7 @@ impl Sched {
         n
     }
 
-    /// Drops every queued descriptor and restarts the numbering (RESET_DEVICE; nothing runs).
+    /// Drops every queued descriptor (RESET_DEVICE; nothing runs). The numbering goes on.
     pub fn reset(&mut self) {
         for q in &mut self.wqs {
             q.queued.clear();

@@ -47,7 +47,7 @@ impl W {
             ..DsaConfig::default()
         };
         let (dev, pool) =
-            DsaDevice::with_engine_workers(cfg, mem.clone(), sink.clone(), Arc::new(|| {}))
+            DsaDevice::with_engine_workers(cfg, mem.clone(), sink.clone(), Arc::new(|| true))
                 .unwrap();
         let w = Self {
             dev,
@@ -347,4 +347,35 @@ fn dropping_a_busy_device_stops_its_workers() {
         assert!(Instant::now() < end, "the device outlived its owner");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+#[test]
+fn a_device_reset_replaces_a_waiting_command() {
+    let w = W::up(1, 1);
+    w.pool.hold(true);
+    w.submit(0, &w.memmove(CR, 4096, false));
+    assert_eq!(cmd(&mut w.d(), DRAIN_WQ | 1), 1 << 31);
+    // The probe's reset, written without looking at CMDSTS: taken, the queued work dropped.
+    assert_eq!(cmd(&mut w.d(), RESET_DEVICE), 0);
+    assert_eq!(w.d().stats().commands_while_active, 0);
+    w.pool.hold(false);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(w.d().stats().descriptors, 0);
+    assert_eq!(w.status(CR), 0);
+}
+
+#[test]
+fn bus_mastering_off_drops_work_no_engine_has_taken() {
+    let w = W::up(1, 1);
+    w.pool.hold(true);
+    w.submit(0, &w.memmove(CR, 4096, true));
+    w.submit(0, &w.memmove(CR + 32, 4096, true));
+    // PCI command: memory space on, bus master off.
+    w.d().config_write(1, 0, &[0x02, 0x00]);
+    w.pool.hold(false);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!w.pool.busy());
+    assert_eq!(w.d().stats().descriptors, 0);
+    assert_eq!((w.status(CR), w.status(CR + 32)), (0, 0));
+    assert!(w.sink.triggered().is_empty());
 }
